@@ -228,8 +228,21 @@ def run_build(
         else:
             _run_parallel(root, todo, worker, options, workers, record, advance)
     stats.seconds = time.perf_counter() - t0
+    entry = {
+        "seconds": round(stats.seconds, 3), "networks_built": stats.networks_built,
+        "shards_built": stats.shards_built, "shards_skipped": stats.shards_skipped,
+        "workers": workers, "load_average_1min": _load(),
+    }
+    manifest = manifest.model_copy(update={"history": [*manifest.history, entry]})
     manifest = finalize(root, manifest)
     return manifest, stats
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _run_parallel(

@@ -87,6 +87,7 @@ class Manifest(_Model):
         complete: True once every shard and the columns file are written.
         columns_file / columns_sha256: the consolidated columns (set when complete).
         split_counts: networks per split (set when complete).
+        history: one entry per build run (seconds, networks built, workers, host load).
     """
 
     format: Literal["scalegmn-zoo"] = FORMAT
@@ -106,6 +107,7 @@ class Manifest(_Model):
     columns_file: str | None = None
     columns_sha256: str | None = None
     split_counts: dict[str, int] = Field(default_factory=dict)
+    history: list[dict[str, Any]] = Field(default_factory=list)
 
     def completed(self) -> set[int]:
         """Indices of the shards already written."""

@@ -380,8 +380,12 @@ class Zoo:
         spec, ws, bs = self.params([i])
         return Network(spec, [w[0] for w in ws], [b[0] for b in bs])
 
-    def target_histogram(self, split: str | None = None, bins: int = 10) -> tuple[NDArray, NDArray]:
+    def target_histogram(self, split: str | None = None, bins: int | NDArray = 10) -> tuple[NDArray, NDArray]:
         """Counts of each class (class targets) or a histogram (regression targets).
+
+        Args:
+            split: a split name, or None for every network.
+            bins: number of bins or bin edges (regression targets only).
 
         Returns:
             `(values_or_bin_edges, counts)`.
