@@ -67,10 +67,29 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def safetensors_bytes(arrays: Mapping[str, NDArray], metadata: dict[str, str] | None = None) -> bytes:
-    """Serialise numpy arrays to the safetensors format."""
-    from safetensors.numpy import save
+    """Serialise numpy arrays to the safetensors format, byte for byte reproducibly.
 
-    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+    Tensors are laid out in name order and the header is JSON with sorted keys, so equal
+    inputs give equal files (and equal checksums), which makes resumed builds verifiable.
+    """
+    names = sorted(arrays)
+    codes = {np.dtype(v): k for k, v in _DTYPES.items()}
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {k: str(metadata[k]) for k in sorted(metadata)}
+    blobs, offset = [], 0
+    for name in names:
+        a = np.ascontiguousarray(arrays[name])
+        if a.dtype not in codes:
+            raise ZooError(f"array {name!r} has unsupported dtype {a.dtype}")
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        raw = a.tobytes()
+        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
