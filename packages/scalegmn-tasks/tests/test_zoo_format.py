@@ -163,7 +163,7 @@ def test_resume_with_other_options_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _build(root, on_shard=lambda r: (_ for _ in ()).throw(KeyboardInterrupt()))
     m, tasks = _plan(60, 8)
-    with pytest.raises(ZooError, match="different options.*n_networks"):
+    with pytest.raises(ZooError, match=r"different options.*n_networks"):
         run_build(root, m, tasks, _tiny_worker, {"seed": 0}, resume=True, progress=False)
 
 
