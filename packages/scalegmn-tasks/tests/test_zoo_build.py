@@ -67,8 +67,8 @@ def test_splits_are_fixed_by_seed_and_respect_an_official_test_set(tmp_path, sma
     from scalegmn.tasks.zoo import INRZooOptions, plan_inr_zoo
 
     opts = INRZooOptions(count=60, val_fraction=0.2, test_fraction=0.1)
-    m1, t1 = plan_inr_zoo(small_source, opts)
-    m2, t2 = plan_inr_zoo(small_source, opts)
+    _m1, t1 = plan_inr_zoo(small_source, opts)
+    _m2, t2 = plan_inr_zoo(small_source, opts)
     s1 = np.concatenate([t.payload["split"] for t in t1])
     assert np.array_equal(s1, np.concatenate([t.payload["split"] for t in t2]))
     assert np.bincount(s1).tolist() == [42, 12, 6]
