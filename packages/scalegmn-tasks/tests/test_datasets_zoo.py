@@ -103,3 +103,17 @@ def test_concat_dataset(zoo_path):
     assert len(c) == 16 and c.specs == a.specs
     assert c[9][0].equals(b[1][0]) and c[9][1] == b[1][1]
     assert c.targets.tolist() == a.targets.tolist() + b.targets.tolist()
+
+
+def test_torch_dataloader_default_collate_is_the_backend_collate(zoo_path):
+    from scalegmn.torch import to_networks
+
+    ds = open_zoo(zoo_path, "val")
+    batches = list(torch_dataloader(ds, batch_size=4))
+    assert len(batches) == 2
+    for k, (graphs, y) in enumerate(batches):
+        nets = to_networks(graphs)
+        for j, net in enumerate(nets):
+            ref, label = ds[4 * k + j]
+            np.testing.assert_allclose(net.flat(), ref.flat(), rtol=1e-6)
+            assert y[j].item() == label
