@@ -32,7 +32,7 @@ def bench_build(count: int, steps: int, workers: int, compile: bool, batch_size:
     with tempfile.TemporaryDirectory() as tmp:
         load0 = _load()
         t0 = time.perf_counter()
-        _, stats = build_inr_zoo(Path(tmp) / "z", "mnist5k", count=count, steps=steps,
+        _, _stats = build_inr_zoo(Path(tmp) / "z", "mnist5k", count=count, steps=steps,
                                  workers=workers, compile=compile, batch_size=batch_size,
                                  shard_size=max(16, count // (4 * workers)), progress=False)
         seconds = time.perf_counter() - t0

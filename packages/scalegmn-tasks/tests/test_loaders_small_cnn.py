@@ -117,7 +117,7 @@ def test_loaded_cnn_computes_what_the_stored_one_computes(tmp_path):
 @pytest.mark.parametrize("activation", [None, "relu", "tanh"])
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_split_protocol(tmp_path, split, activation):
-    w, metrics, perm = _write_zoo(tmp_path, n_runs=40)
+    _w, metrics, perm = _write_zoo(tmp_path, n_runs=40)
     ds = load_small_cnn_zoo(tmp_path, split, activation=activation)
     assert ds.columns["row"].tolist() == _protocol(perm, metrics, split, activation)
     assert np.all(ds.columns["step"] == 86)
@@ -127,7 +127,7 @@ def test_split_protocol(tmp_path, split, activation):
 
 
 def test_splits_partition_the_final_rows(tmp_path):
-    _, metrics, _ = _write_zoo(tmp_path, n_runs=40)
+    _, _metrics, _ = _write_zoo(tmp_path, n_runs=40)
     rows = [set(load_small_cnn_zoo(tmp_path, s).columns["row"].tolist()) for s in ("train", "val", "test")]
     assert sum(len(r) for r in rows) == 40 and not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
     assert [len(r) for r in rows] == [16, 4, 20]
