@@ -1,0 +1,104 @@
+"""Node groups: which invariant map each node (or edge message) uses.
+
+Group codes (see `docs/model.md`): 0 trivial, 1 scale (`q > 0`), 2 sign (`q = +-1`),
+3 nonzero (`q != 0`). A `Grp` describes the groups of a set of rows either as Python
+constants (one group for all rows: the fast path, no masks) or as float masks that
+broadcast against the rows' feature tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from scalegmn.weightgraph import activation_group
+from torch import Tensor
+
+TRIVIAL, SCALE, SIGN, NONZERO = 0, 1, 2, 3
+_CODE = {"permutation": TRIVIAL, "scale": SCALE, "sign": SIGN, "nonzero": NONZERO}
+_MODE_CODE = {"scale": SCALE, "sign": SIGN, "nonzero": NONZERO}
+
+
+def group_code(activation: str) -> int:
+    """The group code of a hidden neuron followed by `activation`."""
+    return _CODE[activation_group(activation)]
+
+
+def _normalizes(code: int) -> bool:
+    return code in (SCALE, NONZERO)
+
+
+def _flips(code: int) -> bool:
+    return code in (SIGN, NONZERO)
+
+
+@dataclass(frozen=True)
+class Grp:
+    """The groups of a set of rows.
+
+    Attributes:
+        norm: `True`/`False` when every row is (not) normalised by its norm, else a float
+            mask (1.0 where the row's group is scale or nonzero) shaped like the rows with a
+            trailing 1.
+        flip: the same for sign symmetrisation/canonicalisation (sign or nonzero).
+    """
+
+    norm: bool | Tensor
+    flip: bool | Tensor
+
+    @staticmethod
+    def const(code: int) -> Grp:
+        """All rows in group `code`."""
+        return Grp(_normalizes(code), _flips(code))
+
+    @staticmethod
+    def from_codes(codes: Tensor, dtype: torch.dtype) -> Grp:
+        """Per-row groups from integer codes of shape `[..., 1]`."""
+        norm = ((codes == SCALE) | (codes == NONZERO)).to(dtype)
+        flip = ((codes == SIGN) | (codes == NONZERO)).to(dtype)
+        return Grp(norm, flip)
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Grp:
+        """Apply an index/broadcast function to the masks (for gathering onto edges)."""
+        return Grp(
+            fn(self.norm) if isinstance(self.norm, Tensor) else self.norm,
+            fn(self.flip) if isinstance(self.flip, Tensor) else self.flip,
+        )
+
+    @property
+    def any_norm(self) -> bool:
+        """Whether any row may be normalised."""
+        return isinstance(self.norm, Tensor) or self.norm
+
+    @property
+    def any_flip(self) -> bool:
+        """Whether any row may be sign-symmetrised."""
+        return isinstance(self.flip, Tensor) or self.flip
+
+
+def effective_codes(symmetry: str, auto_codes: Tensor, role: Tensor) -> Tensor:
+    """Apply the model's `symmetry` mode to the `"auto"` group codes of nodes.
+
+    Args:
+        symmetry: `ScaleGMNConfig.symmetry`.
+        auto_codes: `[..., N]` groups read from each network's activations.
+        role: `[N]` or `[..., N]` node roles (0 input, 1 hidden, 2 output).
+
+    Returns:
+        `[..., N]` the group codes the model uses.
+    """
+    if symmetry == "permutation":
+        return torch.zeros_like(auto_codes)
+    if symmetry in _MODE_CODE:
+        return torch.where(role == 1, _MODE_CODE[symmetry], 0).expand_as(auto_codes).clone()
+    return auto_codes
+
+
+def effective_const(symmetry: str, auto_code: int, role: int) -> int:
+    """`effective_codes` for one Python code."""
+    if symmetry == "permutation":
+        return TRIVIAL
+    if symmetry in _MODE_CODE:
+        return _MODE_CODE[symmetry] if role == 1 else TRIVIAL
+    return auto_code

@@ -1,0 +1,277 @@
+"""`ScaleGMN`: the model of `docs/model.md` as a `torch.nn.Module`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scalegmn.weightgraph import ScaleGMNConfig
+from torch import Tensor, nn
+
+from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs
+from .blocks import MLP, scale_inv
+from .groups import Grp, effective_codes, effective_const
+from .layer import EdgeBlock, GMNLayer
+
+_PE_NOISE = 0.01
+
+
+class ScaleGMN(nn.Module):
+    """Scale equivariant graph metanetwork (ScaleGMN, and ScaleGMN-B when bidirectional).
+
+    Args:
+        config: the model configuration; parameter names follow `docs/model.md`.
+
+    Example:
+        >>> from scalegmn.weightgraph import NetworkSpec, random_network
+        >>> from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
+        >>> nets = [random_network(NetworkSpec.siren(), rng=k) for k in range(3)]
+        >>> model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=4))
+        >>> model(collate(nets)).shape
+        torch.Size([3, 4])
+    """
+
+    def __init__(self, config: ScaleGMNConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ScaleGMNConfig):
+            raise TypeError(f"ScaleGMN expects a ScaleGMNConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        d = cfg.d_hidden
+        self.node_proj = nn.Linear(cfg.d_node_in, d, bias=False)
+        self.edge_proj = nn.Linear(cfg.d_edge_in, d, bias=False)
+        if cfg.positional_encoding:
+            def table(n: int, base: float) -> nn.Parameter:
+                return nn.Parameter(base + _PE_NOISE * torch.randn(n, d))
+
+            self.pe_in = table(cfg.max_in_nodes, 0.0)
+            self.pe_hidden = table(cfg.max_hidden_layers, 1.0)
+            self.pe_out = table(cfg.max_out_nodes, 0.0)
+            self.pe_edge_in = table(cfg.max_in_nodes, 1.0)
+            self.pe_edge_hidden = table(cfg.max_hidden_layers, 1.0)
+            self.pe_edge_out = table(cfg.max_out_nodes, 1.0)
+        last_edge = cfg.edge_update and cfg.head == "equivariant"
+        self.layers = nn.ModuleList(
+            GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge))
+            for t in range(cfg.n_layers)
+        )
+        if cfg.head == "invariant":
+            self.readout = nn.Module()
+            if cfg.readout == "full_graph":
+                self.readout.inv = MLP(d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation,
+                                       cfg.layer_norm, cfg.dropout)
+                d_ro = 3 * d
+            else:
+                d_ro = cfg.max_out_nodes * d
+            self.readout.mlp = MLP(d_ro, cfg.readout_width, cfg.d_out, cfg.readout_layers,
+                                   cfg.mlp_activation, cfg.layer_norm, cfg.dropout)
+        else:
+            self.head = nn.Module()
+            self.head.node = nn.Linear(d, 1, bias=False)
+            self.head.edge = nn.Linear(d, cfg.d_edge_in, bias=False)
+            self.head.alpha = nn.Parameter(torch.full((cfg.max_hidden_layers + 1,), cfg.edit_alpha_init))
+        self._checked: set[str] = set()
+        self.fused = True
+        """Use the fused per-edge kernels on dense batches where they apply (same results)."""
+
+    # ------------------------------------------------------------------ checks
+    def check_batch(self, batch: Graphs) -> None:
+        """Raise a clear error if `batch` cannot be fed to this model.
+
+        Raises:
+            TypeError: not a batch from `collate`, or a dtype other than the model's.
+            ValueError: a network that does not fit the configuration.
+        """
+        if not isinstance(batch, DenseGraphs | SparseGraphs):
+            raise TypeError(
+                f"ScaleGMN expects a batch from scalegmn.torch.collate, got {type(batch).__name__}"
+            )
+        cfg = self.config
+        p = self.node_proj.weight
+        if batch.node_features.dtype != p.dtype:
+            raise TypeError(
+                f"the batch is {batch.node_features.dtype} but the model is {p.dtype}: use "
+                f"collate(networks, dtype={p.dtype}) or model.to({p.dtype})"
+            )
+        if batch.node_features.shape[-1] != cfg.d_node_in:
+            raise BatchError(
+                f"node features have width {batch.node_features.shape[-1]} but d_node_in="
+                f"{cfg.d_node_in}"
+            )
+        if batch.d_edge > cfg.d_edge_in:
+            raise BatchError(
+                f"edge vectors have length {batch.d_edge} but d_edge_in={cfg.d_edge_in}; "
+                f"set d_edge_in={batch.d_edge}"
+            )
+        for k, spec in enumerate(batch.specs):
+            key = spec.model_dump_json()
+            if key in self._checked:
+                continue
+            try:
+                cfg.check_compatible(spec)
+            except ValueError as err:
+                raise BatchError(f"network {k} of the batch: {err}") from None
+            self._checked.add(key)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Graphs) -> Tensor | Graphs:
+        """Run the model.
+
+        Args:
+            batch: a `DenseGraphs` or `SparseGraphs` from `collate` (never modified).
+
+        Returns:
+            `[B, d_out]` for `head="invariant"`; for `head="equivariant"` the edited graphs,
+            a batch of the same layout (decode with `.to_networks()`).
+        """
+        self.check_batch(batch)
+        if isinstance(batch, DenseGraphs):
+            return self._forward_dense(batch)
+        return self._forward_sparse(batch)
+
+    def _run(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
+             blocks: list[EdgeBlock], dense: bool) -> tuple[list[Tensor], list[Tensor]]:
+        fused = (dense and self.fused and all(isinstance(g.norm, bool) for g in grp)
+                 and all(isinstance(g.flip, bool) for g in grp))
+        for layer in self.layers:
+            h, e = layer(h, e, grp, blocks, fused=fused and layer.fusable())
+        return h, e
+
+    def _forward_dense(self, b: DenseGraphs) -> Tensor | DenseGraphs:
+        cfg = self.config
+        L = b.n_layers
+        roles = [0] + [1] * (L - 1) + [2]
+        grp = []
+        for k in range(L + 1):
+            code = b.layer_codes[k]
+            if code is not None:
+                grp.append(Grp.const(effective_const(cfg.symmetry, code, roles[k])))
+            else:
+                codes = b.node_group[:, b.node_offsets[k]][:, None, None]
+                codes = effective_codes(cfg.symmetry, codes, torch.tensor(roles[k]))
+                grp.append(Grp.from_codes(codes, b.node_features.dtype))
+        wn = self.node_proj.weight
+        h = []
+        for k in range(L + 1):
+            x = b.layer_nodes(k)
+            if k == 0:
+                x = torch.full_like(x, cfg.input_node_value)
+            hk = F.linear(x, wn)
+            if cfg.positional_encoding:
+                n = b.widths[k]
+                hk = hk + self.pe_in[:n] if k == 0 else (hk + self.pe_out[:n] if k == L else hk * self.pe_hidden[k - 1])
+            h.append(hk)
+        we = self.edge_proj.weight[:, : b.d_edge]
+        e = []
+        for l in range(1, L + 1):  # noqa: E741
+            el = F.linear(b.layer_edges(l), we)
+            if cfg.positional_encoding:
+                if l == 1:
+                    el = el * self.pe_edge_in[: b.widths[0]]
+                elif l == L:
+                    el = el * self.pe_edge_out[: b.widths[L], None]
+                else:
+                    el = el * self.pe_edge_hidden[l - 2]
+            e.append(el)
+        blocks = [
+            EdgeBlock(k - 1, k, _src_dense, _dst_dense, _sum_src_dense, _sum_dst_dense)
+            for k in range(1, L + 1)
+        ]
+        h, e = self._run(h, e, grp, blocks, True)
+        if cfg.head == "equivariant":
+            return self._edit_dense(b, h, e)
+        if cfg.readout == "last_layer":
+            out = F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])).flatten(1)
+        else:
+            hid = [scale_inv(self.readout.inv, h[k], grp[k], cfg.norm_eps,
+                             cfg.sign_canon == "symmetrize").sum(1) for k in range(1, L)]
+            hidden = torch.stack(hid).sum(0) if hid else h[0].new_zeros(h[0].shape[0], cfg.d_hidden)
+            out = torch.cat([hidden, h[0].sum(1), h[L].sum(1)], -1)
+        return self.readout.mlp(out)
+
+    def _edit_dense(self, b: DenseGraphs, h: list[Tensor], e: list[Tensor]) -> DenseGraphs:
+        L = b.n_layers
+        alpha = self.head.alpha
+        nodes = [b.layer_nodes(0)]
+        for k in range(1, L + 1):
+            nodes.append(b.layer_nodes(k) + alpha[k - 1] * F.linear(h[k], self.head.node.weight))
+        wedge = self.head.edge.weight[: b.d_edge]
+        edges = []
+        for l in range(1, L + 1):  # noqa: E741
+            mask = b.edge_mask[b.edge_offsets[l - 1]].to(e[l - 1].dtype)
+            de = F.linear(e[l - 1], wedge) * mask
+            edges.append((b.layer_edges(l) + alpha[l - 1] * de).flatten(1, 2))
+        return b.with_features(torch.cat(nodes, 1), torch.cat(edges, 1))
+
+    def _forward_sparse(self, b: SparseGraphs) -> Tensor | SparseGraphs:
+        cfg = self.config
+        dtype = b.node_features.dtype
+        role = b.node_role
+        codes = effective_codes(cfg.symmetry, b.node_group, role)
+        grp = [Grp.from_codes(codes[:, None], dtype)]
+        x = torch.where((role == 0)[:, None], torch.full_like(b.node_features, cfg.input_node_value),
+                        b.node_features)
+        h = F.linear(x, self.node_proj.weight)
+        src, dst = b.edge_index[0], b.edge_index[1]
+        e = F.linear(b.edge_features, self.edge_proj.weight[:, : b.d_edge])
+        if cfg.positional_encoding:
+            pos, lay = b.node_pos, b.node_layer
+            add_tab = torch.cat([self.pe_in, self.pe_out, self.pe_in.new_zeros(1, cfg.d_hidden)])
+            add_idx = torch.where(role == 0, pos, torch.where(role == 2, cfg.max_in_nodes + pos,
+                                                              cfg.max_in_nodes + cfg.max_out_nodes))
+            mul_tab = torch.cat([self.pe_hidden, self.pe_hidden.new_ones(1, cfg.d_hidden)])
+            mul_idx = torch.where(role == 1, lay - 1, cfg.max_hidden_layers)
+            h = h * mul_tab[mul_idx] + add_tab[add_idx]
+            er = b.edge_role
+            e_tab = torch.cat([self.pe_edge_in, self.pe_edge_hidden, self.pe_edge_out])
+            e_idx = torch.where(
+                er == 0, pos[src],
+                torch.where(er == 1, cfg.max_in_nodes + b.edge_layer - 2,
+                            cfg.max_in_nodes + cfg.max_hidden_layers + pos[dst]),
+            )
+            e = e * e_tab[e_idx]
+        n = h.shape[0]
+
+        def to_dst(m: Tensor) -> Tensor:
+            return m.new_zeros(n, m.shape[-1]).index_add(0, dst, m)
+
+        def to_src(m: Tensor) -> Tensor:
+            return m.new_zeros(n, m.shape[-1]).index_add(0, src, m)
+
+        blk = EdgeBlock(0, 0, lambda t: t.index_select(0, src), lambda t: t.index_select(0, dst),
+                        to_src, to_dst)
+        hs, es = self._run([h], [e], grp, [blk], False)
+        h, e = hs[0], es[0]
+        B = len(b)
+        if cfg.head == "equivariant":
+            alpha = self.head.alpha
+            dn = F.linear(h, self.head.node.weight) * alpha[(b.node_layer - 1).clamp_min(0)][:, None]
+            node = b.node_features + torch.where((role == 0)[:, None], torch.zeros_like(dn), dn)
+            de = F.linear(e, self.head.edge.weight[: b.d_edge]) * b.edge_mask.to(dtype)
+            edge = b.edge_features + alpha[b.edge_layer - 1][:, None] * de
+            return b.with_features(node, edge)
+        if cfg.readout == "last_layer":
+            flat = b.node_batch * cfg.max_out_nodes + b.node_pos
+            sel = role == 2
+            out = h.new_zeros(B * cfg.max_out_nodes, cfg.d_hidden).index_add(0, flat[sel], h[sel])
+            return self.readout.mlp(out.view(B, -1))
+        inv = scale_inv(self.readout.inv, h, grp[0], cfg.norm_eps, cfg.sign_canon == "symmetrize")
+        parts = []
+        for r, v in ((1, inv), (0, h), (2, h)):
+            sel = role == r
+            parts.append(h.new_zeros(B, cfg.d_hidden).index_add(0, b.node_batch[sel], v[sel]))
+        return self.readout.mlp(torch.cat(parts, -1))
+
+
+def _src_dense(x: Tensor) -> Tensor:
+    return x.unsqueeze(-3)
+
+
+def _dst_dense(x: Tensor) -> Tensor:
+    return x.unsqueeze(-2)
+
+
+def _sum_src_dense(x: Tensor) -> Tensor:
+    return x.sum(-3)
+
+
+def _sum_dst_dense(x: Tensor) -> Tensor:
+    return x.sum(-2)
