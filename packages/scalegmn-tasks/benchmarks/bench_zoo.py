@@ -119,7 +119,7 @@ def main() -> None:
         bench_build(a.count, a.steps, int(w), not a.no_compile, a.batch_size) for w in a.workers.split(",")
     ]
     loading = bench_loading(64, 50)
-    console = Console()
+    console = Console(width=160)
     if builds:
         t = Table(title="INR zoo building (MNIST-5k, SIREN 2-32-32-1)")
         for col in builds[0]:
