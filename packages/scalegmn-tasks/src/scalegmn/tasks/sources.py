@@ -13,6 +13,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -86,7 +87,7 @@ class ImageSource:
         """Number of classes (largest label + 1, or the number of class names)."""
         return max(int(self.labels.max()) + 1 if len(self) else 0, len(self.class_names))
 
-    def as_float(self, index: ArrayLike | slice = slice(None)) -> NDArray[np.float32]:
+    def as_float(self, index: Any = slice(None)) -> NDArray[np.float32]:
         """Images `index` as float32 in `[0, 1]`, shape `(n, H, W)`."""
         x = self.images[index]
         if x.dtype == np.uint8:

@@ -162,6 +162,7 @@ class NetworkDataset(Sequence[tuple[Network, Any]]):
                 nodes.append(b.node_features)
                 edges.append(b.edge_features)
                 lay = b.layout
+            assert lay is not None
             self._graphs[key] = (np.concatenate(nodes), np.concatenate(edges))
             self._layout = lay
         node, edge = self._graphs[key]

@@ -247,7 +247,8 @@ def train_run(
     for k, c in enumerate(checkpoints):  # very short runs may save two checkpoints at one step
         at.setdefault(round(c * total), []).append(k)
     out: list[dict[str, Any]] = [{} for _ in checkpoints]
-    step, losses = 0, []
+    step = 0
+    losses: list[float] = []
 
     def save(ks: list[int]) -> None:
         with torch.no_grad():

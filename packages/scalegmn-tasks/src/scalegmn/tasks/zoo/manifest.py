@@ -90,7 +90,7 @@ class Manifest(_Model):
         history: one entry per build run (seconds, networks built, workers, host load).
     """
 
-    format: Literal["scalegmn-zoo"] = FORMAT
+    format: Literal["scalegmn-zoo"] = "scalegmn-zoo"
     format_version: int = FORMAT_VERSION
     kind: str = "custom"
     specs: list[NetworkSpec] = Field(min_length=1)
