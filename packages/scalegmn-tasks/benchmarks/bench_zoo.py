@@ -53,6 +53,42 @@ def _time(fn, repeat: int) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
+def _tiny_worker(root, task, options, report):
+    from scalegmn.tasks.zoo import write_shard
+    from scalegmn.weightgraph import NetworkSpec
+
+    spec = NetworkSpec.mlp([2, 3, 1], activation="tanh")
+    rng = np.random.default_rng(task.index)
+    n = task.count
+    ws = [rng.normal(size=(n, 3, 2)).astype(np.float32), rng.normal(size=(n, 1, 3)).astype(np.float32)]
+    bs = [np.zeros((n, 3), np.float32), np.zeros((n, 1), np.float32)]
+    ids = np.arange(task.start, task.start + n)
+    cols = {"id": ids, "target": ids % 10, "split": (ids % 10 == 0).astype(np.int8), "group": ids}
+    return write_shard(root, task.index, 0, spec, task.start, ws, bs, cols)
+
+
+def bench_open(n: int = 100_000, shard: int = 1000) -> dict:
+    """Opening a zoo of `n` tiny networks (manifest + columns; no shard is read)."""
+    from scalegmn.tasks.zoo import Manifest, ShardTask, Zoo, run_build
+    from scalegmn.weightgraph import NetworkSpec
+
+    spec = NetworkSpec.mlp([2, 3, 1], activation="tanh")
+    tasks = [ShardTask(index=k, spec_index=0, start=s, count=min(shard, n - s))
+             for k, s in enumerate(range(0, n, shard))]
+    m = Manifest(specs=[spec], n_networks=n, n_shards=len(tasks))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_build(Path(tmp) / "z", m, tasks, _tiny_worker, {}, progress=False)
+        t0 = time.perf_counter()
+        zoo = Zoo(Path(tmp) / "z")
+        opened = time.perf_counter() - t0
+        shards_read = zoo.n_open_shards
+        t0 = time.perf_counter()
+        zoo.network(n // 2)
+        first = time.perf_counter() - t0
+    return {"case": f"open a zoo of {n:,} networks in {len(tasks)} shards", "ms": round(1e3 * opened, 3),
+            "first_network_ms": round(1e3 * first, 3), "shards_read_at_open": shards_read}
+
+
 def bench_loading(batch_size: int, repeat: int) -> list[dict]:
     """Batch fetch and collate from a zoo, and (if the backend exists) one training step."""
     import torch
@@ -118,7 +154,8 @@ def main() -> None:
     builds = [] if a.skip_build else [
         bench_build(a.count, a.steps, int(w), not a.no_compile, a.batch_size) for w in a.workers.split(",")
     ]
-    loading = bench_loading(64, 50)
+    opening = bench_open()
+    loading = [opening, *bench_loading(64, 50)]
     console = Console(width=160)
     if builds:
         t = Table(title="INR zoo building (MNIST-5k, SIREN 2-32-32-1)")
@@ -133,6 +170,8 @@ def main() -> None:
     for r in loading:
         t.add_row(r["case"], "" if r["ms"] is None else f"{r['ms']:.3f}")
     console.print(t)
+    console.print(f"first network of the opened zoo: {opening['first_network_ms']} ms "
+                  f"(one shard read and checksummed); shards read at open: {opening['shards_read_at_open']}")
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "build": builds, "loading": loading}
     Path(a.out).write_text(json.dumps(result, indent=1))
