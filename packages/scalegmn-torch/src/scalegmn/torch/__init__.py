@@ -14,7 +14,7 @@ from scalegmn.weightgraph import ScaleGMNConfig
 
 from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs, collate, to_networks
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .model import ScaleGMN
+from .model import ScaleGMN, compile_model
 
 __all__ = [
     "BatchError",
@@ -25,6 +25,7 @@ __all__ = [
     "ScaleGMNConfig",
     "SparseGraphs",
     "collate",
+    "compile_model",
     "load_checkpoint",
     "save_checkpoint",
     "to_networks",

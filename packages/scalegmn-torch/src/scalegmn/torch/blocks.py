@@ -236,8 +236,8 @@ def scale_eq(
     if grp.any_norm:
         assert sq is not None
         f = norm_factor(sq, grp, eps)
-        assert f is not None
-        pre = pre * f
+        if f is not None:
+            pre = pre * f
     sign = None
     if not symmetrize and grp.any_flip:
         parts = []

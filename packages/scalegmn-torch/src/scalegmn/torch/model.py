@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from scalegmn.weightgraph import ScaleGMNConfig
@@ -123,19 +127,28 @@ class ScaleGMN(nn.Module):
             a batch of the same layout (decode with `.to_networks()`).
         """
         self.check_batch(batch)
+        return self.core(batch, self.fused)
+
+    def core(self, batch: Graphs, fused: bool = True) -> Tensor | Graphs:
+        """`forward` without the input checks (the part that `compile_model` compiles).
+
+        Args:
+            batch: a checked batch.
+            fused: allow the fused dense kernels.
+        """
         if isinstance(batch, DenseGraphs):
-            return self._forward_dense(batch)
+            return self._forward_dense(batch, fused)
         return self._forward_sparse(batch)
 
     def _run(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
-             blocks: list[EdgeBlock], dense: bool) -> tuple[list[Tensor], list[Tensor]]:
-        fused = (dense and self.fused and all(isinstance(g.norm, bool) for g in grp)
+             blocks: list[EdgeBlock], fused: bool) -> tuple[list[Tensor], list[Tensor]]:
+        fused = (fused and all(isinstance(g.norm, bool) for g in grp)
                  and all(isinstance(g.flip, bool) for g in grp))
         for layer in self.layers:
             h, e = layer(h, e, grp, blocks, fused=fused and layer.fusable())
         return h, e
 
-    def _forward_dense(self, b: DenseGraphs) -> Tensor | DenseGraphs:
+    def _forward_dense(self, b: DenseGraphs, fused: bool) -> Tensor | DenseGraphs:
         cfg = self.config
         L = b.n_layers
         roles = [0] + [1] * (L - 1) + [2]
@@ -175,7 +188,7 @@ class ScaleGMN(nn.Module):
             EdgeBlock(k - 1, k, _src_dense, _dst_dense, _sum_src_dense, _sum_dst_dense)
             for k in range(1, L + 1)
         ]
-        h, e = self._run(h, e, grp, blocks, True)
+        h, e = self._run(h, e, grp, blocks, fused)
         if cfg.head == "equivariant":
             return self._edit_dense(b, h, e)
         if cfg.readout == "last_layer":
@@ -275,3 +288,26 @@ def _sum_src_dense(x: Tensor) -> Tensor:
 
 def _sum_dst_dense(x: Tensor) -> Tensor:
     return x.sum(-2)
+
+
+def compile_model(model: ScaleGMN, **options: Any) -> Callable[[Graphs], Tensor | Graphs]:
+    """A `torch.compile`d forward of `model` (same parameters, same results).
+
+    The compiled function runs the unfused computation, which the compiler fuses itself;
+    it is recompiled for each new batch shape.
+
+    Args:
+        model: the model.
+        **options: passed to `torch.compile` (default `dynamic=False`).
+
+    Returns:
+        A function `batch -> output` like `model(batch)`.
+    """
+    options.setdefault("dynamic", False)
+    core = torch.compile(functools.partial(model.core, fused=False), **options)
+
+    def run(batch: Graphs) -> Tensor | Graphs:
+        model.check_batch(batch)
+        return core(batch)
+
+    return run

@@ -1,0 +1,212 @@
+"""Training-step benchmark of scalegmn.torch for one thread count (run by `bench.py`).
+
+Usage: `python benchmarks/bench_torch.py --threads 2 --json out.json [--quick]`.
+Writes a JSON list of rows (schema in `benchmarks/README.md`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "mnist-inr-fwd": {"net": "siren", "bidirectional": False},
+    "mnist-inr-bidir": {"net": "siren", "bidirectional": True},
+    "cnn-relu-fwd": {"net": "cnn-relu", "bidirectional": False},
+    "cnn-relu-bidir": {"net": "cnn-relu", "bidirectional": True},
+    "cnn-tanh-fwd": {"net": "cnn-tanh", "bidirectional": False},
+    "cnn-tanh-bidir": {"net": "cnn-tanh", "bidirectional": True},
+}
+BATCH = 64
+D_HIDDEN = 128
+N_LAYERS = 4
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, load and library versions of this run."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "loadavg": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "allocator": "LD_PRELOAD=" + os.environ["LD_PRELOAD"] if os.environ.get("LD_PRELOAD") else "default",
+    }
+
+
+def matmul_rate(threads: int, seconds: float = 1.0) -> float:
+    """The machine's dense float32 matmul rate (GFLOP/s): 1024x1024 products in a loop."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    out = torch.empty(1024, 1024)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    rates = []
+    for _ in range(5):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 5:
+            torch.mm(a, b, out=out)
+            n += 1
+        rates.append(2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9)
+    return max(rates)
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(name: str, seed: int = 0) -> tuple[Any, Any, Callable[[Any], Any]]:
+    """Model, batch and loss of a configuration."""
+    import torch
+    import torch.nn.functional as F
+
+    from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
+    from scalegmn.weightgraph import NetworkSpec, random_network
+
+    c = CONFIGS[name]
+    if c["net"] == "siren":
+        spec = NetworkSpec.siren((2, 32, 32, 1), output_offset=0.5)
+        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10,
+                             bidirectional=c["bidirectional"])
+        target = torch.randint(0, 10, (BATCH,), generator=torch.Generator().manual_seed(seed))
+
+        def loss(y: Any) -> Any:
+            return F.cross_entropy(y, target)
+    else:
+        spec = NetworkSpec.small_cnn(activation=c["net"].split("-")[1])
+        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
+                             bidirectional=c["bidirectional"])
+        target = torch.rand(BATCH, generator=torch.Generator().manual_seed(seed))
+
+        def loss(y: Any) -> Any:
+            return F.mse_loss(torch.sigmoid(y[:, 0]), target)
+    nets = [random_network(spec, rng=seed * 100_000 + k) for k in range(BATCH)]
+    torch.manual_seed(seed)
+    return ScaleGMN(cfg), collate(nets), loss
+
+
+def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
+               rate: float) -> dict[str, Any]:
+    """Time training steps (forward, backward, AdamW) of one configuration and mode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scalegmn.torch import compile_model
+
+    torch.set_num_threads(threads)
+    _reset_peak()
+    model, batch, loss_fn = build(name)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fwd = compile_model(model) if mode == "compiled" else model
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(fwd(batch))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    with FlopCounterMode(display=False) as fc:
+        loss = loss_fn(model(batch))
+        loss.backward()
+    counts = fc.get_flop_counts().get("Global", {})
+    mm_flops = sum(v for k, v in counts.items() if str(k).split(".")[-1] in
+                   ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear"))
+    gflop_net = mm_flops / len(batch) / 1e9
+    gflops = mm_flops / step_s / 1e9
+    return {
+        "config": name,
+        "backend": "torch",
+        "threads": threads,
+        "mode": mode,
+        "batch": len(batch),
+        "step_ms": step_s * 1e3,
+        "step_ms_min": min(times) * 1e3,
+        "repeats": repeats,
+        "warmup_s": warm_s,
+        "networks_per_s": len(batch) / step_s,
+        "gflop_per_network": gflop_net,
+        "gflop_per_s": gflops,
+        "matmul_gflop_per_s": rate,
+        "matmul_fraction": gflops / rate,
+        "peak_rss_mb": _peak_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every configuration and mode for one thread count and write the rows as JSON."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--quick", action="store_true", help="few steps, smoke run")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    p.add_argument("--modes", default="eager,compiled", help="eager and/or compiled")
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    repeats, warmup = (2, 1) if a.quick else (7, 2)
+    info = machine_info()
+    rate = matmul_rate(a.threads)
+    rows = []
+    for name in a.configs.split(","):
+        for mode in a.modes.split(","):
+            try:
+                row = run_config(name, mode, a.threads, repeats, warmup + (1 if mode == "compiled" else 0), rate)
+            except Exception as err:  # a failing configuration is reported, not fatal
+                row = {"config": name, "backend": "torch", "threads": a.threads, "mode": mode,
+                       "error": f"{type(err).__name__}: {err}"}
+            row["machine"] = {**info, "loadavg_end": list(os.getloadavg())}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "machine"}), file=sys.stderr, flush=True)
+    a.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
