@@ -67,7 +67,6 @@ def reference(model, networks: list[Network]) -> Tensor | tuple[list[Tensor], li
         role = torch.tensor(lay.node_role)
         pos, lyr = torch.tensor(lay.node_pos), torch.tensor(lay.node_layer)
         src, dst = (torch.tensor(a) for a in lay.edge_index)
-        L = spec.n_layers
         grp = torch.zeros(len(role), dtype=torch.long)
         for i in range(len(role)):
             if role[i] == 1:

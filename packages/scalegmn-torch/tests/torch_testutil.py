@@ -89,6 +89,8 @@ def edit_fn(model: ScaleGMN, dtype: torch.dtype, **collate_kw: object):
 
 def rel_err(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
     """`max|a - b| / max|b|`."""
+    a = a.detach() if isinstance(a, Tensor) else a
+    b = b.detach() if isinstance(b, Tensor) else b
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 

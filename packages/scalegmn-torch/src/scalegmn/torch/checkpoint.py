@@ -82,7 +82,10 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str | N
         config = ScaleGMNConfig.from_json(cfg_file.read_text())
     except ValueError as err:
         raise CheckpointError(f"{cfg_file}: invalid config: {err}") from None
-    tensors = load_file(str(w_file))
+    try:
+        tensors = load_file(str(w_file))
+    except Exception as err:  # safetensors raises its own error type for any bad header
+        raise CheckpointError(f"{w_file} is not a safetensors file: {err}") from None
     model = ScaleGMN(config)
     dtypes = {t.dtype for t in tensors.values()}
     if len(dtypes) == 1:
