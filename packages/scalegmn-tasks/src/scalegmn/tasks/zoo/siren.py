@@ -62,25 +62,25 @@ def _step(
     h = coords
     for layer in range(n_layers):
         w, b = params[2 * layer], params[2 * layer + 1]
-        z = torch.matmul(h, w) + b.unsqueeze(1)
+        z = torch.matmul(h, w).add_(b.unsqueeze(1))  # in place: fewer passes over activations
         if layer < n_layers - 1:
-            u = z * w0
-            h = torch.sin(u)
-            derivs.append(torch.cos(u) * w0)
+            z.mul_(w0)
+            h = torch.sin(z)
+            derivs.append(torch.cos(z).mul_(w0))
         else:
             h = z
         acts.append(h)
-    diff = h + offset - target
+    diff = h.add_(offset).sub_(target)
     per_net = diff.shape[1] * diff.shape[2]
     mse = (diff * diff).sum(dim=(1, 2)) / per_net
-    g = diff * (2.0 / per_net)
+    g = diff.mul_(2.0 / per_net)
     grads: list[Tensor] = [g] * (2 * n_layers)
     for layer in range(n_layers - 1, -1, -1):
         a = acts[layer]
         grads[2 * layer] = torch.matmul(a.transpose(-1, -2), g)
         grads[2 * layer + 1] = g.sum(dim=1)
         if layer > 0:
-            g = torch.matmul(g, params[2 * layer].transpose(1, 2)) * derivs[layer - 1]
+            g = torch.matmul(g, params[2 * layer].transpose(1, 2)).mul_(derivs[layer - 1])
     bc1 = 1.0 - beta1**t
     bc2 = 1.0 - beta2**t
     new_p, new_m, new_v = [], [], []
