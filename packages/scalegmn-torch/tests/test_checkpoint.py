@@ -56,13 +56,13 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path: Path) -> None:
 
 
 def test_bad_checkpoints(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json"):
         load_checkpoint(tmp_path)
     path = save_checkpoint(ScaleGMN(small_config()), tmp_path / "c")
     tensors = load_file(str(path / "model.safetensors"))
     tensors.pop("node_proj.weight")
     save_file(tensors, str(path / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="node_proj.weight"):
+    with pytest.raises(CheckpointError, match=r"node_proj\.weight"):
         load_checkpoint(path)
     tensors["node_proj.weight"] = torch.zeros(3, 3)
     save_file(tensors, str(path / "model.safetensors"))
