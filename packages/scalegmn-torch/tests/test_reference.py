@@ -103,7 +103,7 @@ def reference(model, networks: list[Network]) -> Tensor | tuple[list[Tensor], li
             if cfg.bidirectional:
                 rb = F.linear(h[dst], P[f"{pre}.bwd.rescale.a.weight"]) * F.linear(e, P[f"{pre}.bwd.rescale.b.weight"])
                 if cfg.symmetry != "permutation":
-                    c = h[src].square().sum(-1) / h[dst].square().sum(-1).clamp_min(cfg.norm_eps)
+                    c = h[src].square().sum(-1) / h[dst].square().sum(-1).clamp_min(cfg.norm_eps**2)
                     rb = rb * c[:, None]
                 zb = torch.cat([h[src], rb], -1) if cfg.message_receiver else rb
                 mb = scale_eq(P, f"{pre}.bwd.msg", zb, grp[src], cfg)

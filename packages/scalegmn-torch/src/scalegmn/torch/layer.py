@@ -86,7 +86,7 @@ class GMNLayer(nn.Module):
         if self.cfg.symmetry == "permutation":
             return blk.dst(a) * y
         # c_ji = ||h_j||^2 / max(||h_i||^2, eps) splits into a source and a target factor.
-        a = a / ht.square().sum(-1, keepdim=True).clamp_min(self.cfg.norm_eps)
+        a = a / ht.square().sum(-1, keepdim=True).clamp_min(self.cfg.norm_eps**2)
         return blk.dst(a) * y * blk.src(hs.square().sum(-1, keepdim=True))
 
     def forward(
@@ -184,7 +184,7 @@ class GMNLayer(nn.Module):
                 a = F.linear(ht, self.bwd.rescale.a.weight)
                 cr = None
                 if cfg.symmetry != "permutation":
-                    a = a / sq[t].clamp_min(eps).unsqueeze(-1)
+                    a = a / sq[t].clamp_min(eps**2).unsqueeze(-1)
                     cr = sq[s]
                 flat += [a, None if w_n is None else F.linear(hs, w_n),
                          sq[s] if (gs.norm and w_n is not None) else None, cr, *rest]
