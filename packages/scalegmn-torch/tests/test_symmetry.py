@@ -1,0 +1,171 @@
+"""Invariance and equivariance under hidden-neuron permutations and scalings, with controls.
+
+For an invariant model `f(g . net) == f(net)`; for the equivariant head
+`g^-1 . f(g . net) == f(net)` (compared in the original frame, so that multipliers from
+1e-3 to 1e3 do not hide errors in small entries). Each property has a negative control
+that must fail: a model without the symmetry, or a broken bidirectional message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch_testutil import (
+    DTYPES,
+    RTOL,
+    act,
+    edit_fn,
+    invariant_fn,
+    inverse,
+    make_model,
+    naive_bidirectional,
+    net_rel_err,
+    nets,
+    rel_err,
+    sample_element,
+    small_config,
+    spec_for,
+)
+
+from scalegmn.torch import collate
+from scalegmn.weightgraph import Network, NetworkSpec
+
+MODE_ACTIVATIONS = {
+    "scale": ["relu", "leaky_relu"],
+    "sign": ["tanh", "sine"],
+    "nonzero": ["identity"],
+    "auto": ["relu", "tanh", "identity", "gelu", "sine", "mixed"],
+    "permutation": ["relu", "tanh", "gelu"],
+}
+
+
+def _spec(kind: str, activation: str) -> NetworkSpec:
+    if activation == "mixed":  # one network, a different group per hidden layer
+        base = NetworkSpec.mlp([3, 4, 5, 3, 2], activation="relu")
+        acts = ["relu", "tanh", "identity", "identity"]
+        return base.model_copy(update={"layers": [
+            layer.model_copy(update={"activation": a}) for layer, a in zip(base.layers, acts, strict=True)
+        ]})
+    return spec_for(kind, activation)
+
+
+def invariance_error(f, net: Network, element) -> float:  # type: ignore[no-untyped-def]
+    return rel_err(f(act(element, net)), f(net))
+
+
+def equivariance_error(f, net: Network, element) -> float:  # type: ignore[no-untyped-def]
+    return net_rel_err(act(inverse(element), f(act(element, net))), f(net))
+
+
+cases = st.fixed_dictionaries({
+    "mode": st.sampled_from(list(MODE_ACTIVATIONS)),
+    "kind": st.sampled_from(["mlp", "cnn", "flatten"]),
+    "bidirectional": st.booleans(),
+    "dtype": st.sampled_from(list(DTYPES)),
+    "dense": st.booleans(),
+    "extreme": st.booleans(),
+    "seed": st.integers(0, 10**6),
+})
+
+
+def _setup(case: dict, **cfg: object):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(case["seed"])
+    activation = MODE_ACTIVATIONS[case["mode"]][case["seed"] % len(MODE_ACTIVATIONS[case["mode"]])]
+    spec = _spec(case["kind"], activation)
+    net = nets(spec, 1, seed=case["seed"] % 997)[0]
+    element = sample_element(spec, rng, scale=case["mode"] != "permutation", extreme=case["extreme"])
+    dtype = DTYPES[case["dtype"]]
+    model = make_model(small_config(symmetry=case["mode"], bidirectional=case["bidirectional"], **cfg),
+                       dtype, seed=case["seed"] % 1000)
+    return net, element, model, dtype
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=cases, readout=st.sampled_from(["full_graph", "last_layer"]))
+def test_invariant_model_is_invariant(case: dict, readout: str) -> None:
+    net, element, model, dtype = _setup(case, readout=readout)
+    f = invariant_fn(model, dtype, dense=case["dense"])
+    assert invariance_error(f, net, element) < RTOL[dtype]
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=cases)
+def test_equivariant_head_is_equivariant(case: dict) -> None:
+    net, element, model, dtype = _setup(case, head="equivariant")
+    f = edit_fn(model, dtype, dense=case["dense"])
+    assert equivariance_error(f, net, element) < RTOL[dtype]
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=cases.filter(lambda c: c["mode"] not in ("permutation",)),
+       sign_canon=st.sampled_from(["canonicalize", "symmetrize"]), mlp_layers=st.sampled_from([0, 2]))
+def test_other_invariant_maps_keep_the_symmetry(case: dict, sign_canon: str, mlp_layers: int) -> None:
+    net, element, model, dtype = _setup(case, sign_canon=sign_canon, mlp_layers=mlp_layers,
+                                        layer_norm=True, message_receiver=False)
+    assert invariance_error(invariant_fn(model, dtype), net, element) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_hetero_batch_is_invariant_per_network(dense: bool) -> None:
+    """Networks with different activations in one batch, each acted on by its own element."""
+    rng = np.random.default_rng(0)
+    specs = [NetworkSpec.mlp([3, 5, 4, 2], activation=a) for a in ("relu", "tanh", "identity", "gelu")]
+    if not dense:
+        specs += [NetworkSpec.mlp([2, 6, 1], activation="leaky_relu"), _spec("mlp", "mixed")]
+    ns = [nets(s, 1, seed=k)[0] for k, s in enumerate(specs)]
+    moved = [act(sample_element(n.spec, rng, extreme=True), n) for n in ns]
+    for bidirectional in (False, True):
+        model = make_model(small_config(bidirectional=bidirectional))
+        with torch.no_grad():
+            y, y2 = (model(collate(x, torch.float64, dense=dense)) for x in (ns, moved))
+        assert rel_err(y2, y) < 1e-10
+
+
+# ----------------------------------------------------------------------------- negative controls
+
+
+@pytest.mark.parametrize("activation,bidirectional", [("relu", False), ("relu", True), ("tanh", False),
+                                                      ("tanh", True)])
+def test_permutation_mode_is_not_scale_or_sign_invariant(activation: str, bidirectional: bool) -> None:
+    """The GMN baseline only knows permutations: valid scalings/sign flips change its output."""
+    net = nets(spec_for("mlp", activation), 1)[0]
+    rng = np.random.default_rng(1)
+    auto = invariant_fn(make_model(small_config(bidirectional=bidirectional)), torch.float64)
+    perm = invariant_fn(make_model(small_config(symmetry="permutation", bidirectional=bidirectional)),
+                        torch.float64)
+    only_perm = sample_element(net.spec, rng, scale=False)
+    assert invariance_error(perm, net, only_perm) < 1e-10
+    element = sample_element(net.spec, rng, permute=False)
+    assert invariance_error(auto, net, element) < 1e-10
+    assert invariance_error(perm, net, element) > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_naive_bidirectional_message_fails_for_scaling_only(kind: str) -> None:
+    """Without the factor c_ji the backward message is right for sign flips, wrong for ReLU."""
+    rng = np.random.default_rng(2)
+    for activation, should_hold in (("relu", False), ("tanh", True)):
+        net = nets(spec_for(kind, activation), 1)[0]
+        element = sample_element(net.spec, rng)
+        model = make_model(small_config(bidirectional=True))
+        f = invariant_fn(model, torch.float64)
+        assert invariance_error(f, net, element) < 1e-10
+        g = invariant_fn(naive_bidirectional(model), torch.float64)
+        err = invariance_error(g, net, element)
+        assert (err < 1e-10) == should_hold, (activation, err)
+        edit = make_model(small_config(bidirectional=True, head="equivariant"))
+        err = equivariance_error(edit_fn(naive_bidirectional(edit), torch.float64), net, element)
+        assert (err < 1e-10) == should_hold, (activation, err)
+
+
+def test_element_outside_the_group_is_caught() -> None:
+    """A negative multiplier on a ReLU layer is not a symmetry: the scale model's output moves."""
+    rng = np.random.default_rng(3)
+    net = nets(spec_for("mlp", "relu"), 1)[0]
+    f = invariant_fn(make_model(small_config(symmetry="scale")), torch.float64)
+    bad = sample_element(net.spec, rng, permute=False, group="nonzero")
+    assert any((q < 0).any() for _, q in bad)
+    assert invariance_error(f, net, bad) > 1e-4
