@@ -86,8 +86,8 @@ def test_group_laws(net, seed):
     np.testing.assert_allclose(act(g, act(h, net)).flat(), act(g.compose(h), net).flat(), rtol=1e-12, atol=1e-12)
     lhs = g.compose(h).compose(k)
     rhs = g.compose(h.compose(k))
-    assert all(np.array_equal(a, b) for a, b in zip(lhs.perms, rhs.perms))
-    assert all(np.allclose(a, b, rtol=1e-13) for a, b in zip(lhs.multipliers, rhs.multipliers))
+    assert all(np.array_equal(a, b) for a, b in zip(lhs.perms, rhs.perms, strict=False))
+    assert all(np.allclose(a, b, rtol=1e-13) for a, b in zip(lhs.multipliers, rhs.multipliers, strict=False))
 
 
 def test_all_sign_elements_exhaustive():

@@ -23,7 +23,7 @@ ACTS = ("relu", "leaky_relu", "tanh", "sine", "identity", "silu")
 def _close(a: Network, b: Network, tol: float = 1e-9) -> bool:
     return all(
         np.allclose(x, y, rtol=tol, atol=tol * max(1.0, float(np.abs(x).max(initial=0))))
-        for x, y in zip(a.weights + a.biases, b.weights + b.biases)
+        for x, y in zip(a.weights + a.biases, b.weights + b.biases, strict=False)
     )
 
 

@@ -184,11 +184,11 @@ def all_sign_elements(spec: NetworkSpec, max_elements: int = 4096) -> Iterator[G
     """
     groups = layer_groups(spec)
     ws = spec.widths[1:-1]
-    slots = [(l, k) for l, (g, w) in enumerate(zip(groups, ws, strict=True)) if g == "sign" for k in range(w)]
+    slots = [(li, k) for li, (g, w) in enumerate(zip(groups, ws, strict=True)) if g == "sign" for k in range(w)]
     if 2 ** len(slots) > max_elements:
         raise ValueError(f"{2 ** len(slots)} sign patterns exceed max_elements={max_elements}")
     for signs in product((1.0, -1.0), repeat=len(slots)):
         mults = [np.ones(w) for w in ws]
-        for (l, k), s in zip(slots, signs, strict=True):
-            mults[l][k] = s
+        for (li, k), s in zip(slots, signs, strict=True):
+            mults[li][k] = s
         yield GroupElement(tuple(np.arange(w) for w in ws), tuple(mults))

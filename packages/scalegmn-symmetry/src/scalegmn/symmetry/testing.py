@@ -16,6 +16,7 @@ Example (a user's own invariant model, tested in ten lines):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,7 +70,7 @@ def specs(
         ws.append(draw(st.integers(1, 4)))
         layers = [
             DenseLayer(in_features=a, out_features=b, activation=pick() if k < n_layers - 1 else "identity")  # type: ignore[arg-type]
-            for k, (a, b) in enumerate(zip(ws[:-1], ws[1:], strict=True))
+            for k, (a, b) in enumerate(itertools.pairwise(ws))
         ]
         return NetworkSpec(layers=layers, input_shape=(ws[0],))
     n_conv = max(1, n_layers - 1)
