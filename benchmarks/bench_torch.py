@@ -120,11 +120,31 @@ def build(name: str, seed: int = 0) -> tuple[Any, Any, Callable[[Any], Any]]:
     return ScaleGMN(cfg), collate(nets), loss
 
 
+def _addmm_flop(self_shape: Any, a_shape: Any, b_shape: Any, out_shape: Any = None, **kw: Any) -> int:
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+def matmul_flops(model: Any, batch: Any, loss_fn: Callable[[Any], Any], fused: bool) -> int:
+    """Matmul FLOPs of one forward + backward (in-place `addmm_` gradient accumulation included)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    old, model.fused = model.fused, fused
+    try:
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flop}) as fc:
+            loss_fn(model(batch)).backward()
+    finally:
+        model.fused = old
+        model.zero_grad(set_to_none=True)
+    counts = fc.get_flop_counts().get("Global", {})
+    return int(sum(v for k, v in counts.items()
+                   if str(k).split(".")[-1] in ("mm", "addmm", "addmm_", "bmm", "baddbmm")))
+
+
 def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
                rate: float) -> dict[str, Any]:
     """Time training steps (forward, backward, AdamW) of one configuration and mode."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from scalegmn.torch import compile_model
 
@@ -151,12 +171,9 @@ def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
         step()
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
-    with FlopCounterMode(display=False) as fc:
-        loss = loss_fn(model(batch))
-        loss.backward()
-    counts = fc.get_flop_counts().get("Global", {})
-    mm_flops = sum(v for k, v in counts.items() if str(k).split(".")[-1] in
-                   ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear"))
+    peak = _peak_mb()
+    model_flops = matmul_flops(model, batch, loss_fn, fused=False)
+    mm_flops = model_flops if mode == "compiled" else matmul_flops(model, batch, loss_fn, fused=True)
     gflop_net = mm_flops / len(batch) / 1e9
     gflops = mm_flops / step_s / 1e9
     return {
@@ -171,10 +188,11 @@ def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
         "warmup_s": warm_s,
         "networks_per_s": len(batch) / step_s,
         "gflop_per_network": gflop_net,
+        "gflop_per_network_model": model_flops / len(batch) / 1e9,
         "gflop_per_s": gflops,
         "matmul_gflop_per_s": rate,
         "matmul_fraction": gflops / rate,
-        "peak_rss_mb": _peak_mb(),
+        "peak_rss_mb": peak,
     }
 
 
@@ -186,16 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="few steps, smoke run")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     p.add_argument("--modes", default="eager,compiled", help="eager and/or compiled")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per configuration")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     repeats, warmup = (2, 1) if a.quick else (7, 2)
+    repeats = a.repeats or repeats
     info = machine_info()
-    rate = matmul_rate(a.threads)
     rows = []
     for name in a.configs.split(","):
         for mode in a.modes.split(","):
+            rate = matmul_rate(a.threads, 0.5 if a.quick else 1.0)
             try:
                 row = run_config(name, mode, a.threads, repeats, warmup + (1 if mode == "compiled" else 0), rate)
             except Exception as err:  # a failing configuration is reported, not fatal
