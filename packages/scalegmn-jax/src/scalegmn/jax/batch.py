@@ -1,0 +1,98 @@
+"""Batches of network graphs for the JAX model (a disjoint union with segment sums)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+import jax.numpy as jnp
+from scalegmn.weightgraph import Network, activation_group, from_graph_batch, to_graph_batch
+
+GROUP_CODE = {"permutation": 0, "scale": 1, "sign": 2, "nonzero": 3}
+
+
+class GraphBatch(eqx.Module):
+    """The graphs of a list of networks as one disjoint union (any mix of architectures).
+
+    Array fields are a pytree (they can be sharded over devices); `n_graphs` and `specs` are
+    static. `node_group` holds each node's group as read from its network's activations
+    (0 trivial, 1 scale, 2 sign, 3 nonzero; input/output nodes 0); the model applies its mode.
+    """
+
+    node_features: Float[Array, "N 1"]
+    edge_features: Float[Array, "E de"]
+    src: Int[Array, " E"]
+    dst: Int[Array, " E"]
+    node_role: Int[Array, " N"]
+    node_pos: Int[Array, " N"]
+    node_layer: Int[Array, " N"]
+    node_group: Int[Array, " N"]
+    node_batch: Int[Array, " N"]
+    edge_layer: Int[Array, " E"]
+    edge_mask: Bool[Array, "E de"]
+    n_graphs: int = eqx.field(static=True)
+    specs: tuple = eqx.field(static=True)
+
+    def to_networks(self, node_features: Array, edge_features: Array) -> list[Network]:
+        """Decode features laid out like this batch (an equivariant head's output) to networks."""
+        gb = to_graph_batch_cache(self)
+        return from_graph_batch(gb, np.asarray(node_features), np.asarray(edge_features))
+
+
+_CACHE: dict[int, object] = {}
+
+
+def to_graph_batch_cache(batch: GraphBatch):  # type: ignore[no-untyped-def]
+    """The numpy disjoint union behind a batch (rebuilt from the specs for decoding)."""
+    from scalegmn.weightgraph import layout
+
+    node_ptr = np.concatenate([[0], np.cumsum([layout(s).n_nodes for s in batch.specs])])
+    edge_ptr = np.concatenate([[0], np.cumsum([layout(s).n_edges for s in batch.specs])])
+
+    class _GB:  # the three fields from_graph_batch reads
+        pass
+
+    gb = _GB()
+    gb.specs, gb.node_ptr, gb.edge_ptr = batch.specs, node_ptr, edge_ptr  # type: ignore[attr-defined]
+    gb.node_features, gb.edge_features = np.asarray(batch.node_features), np.asarray(batch.edge_features)  # type: ignore[attr-defined]
+    return gb
+
+
+def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None) -> GraphBatch:
+    """Build a batch from networks (architectures may differ).
+
+    Args:
+        networks: the networks.
+        dtype: float dtype of the features (default: the networks' dtype; float64 needs
+            `jax_enable_x64`).
+    """
+    if not networks:
+        raise ValueError("collate needs at least one network")
+    for k, n in enumerate(networks):
+        if not isinstance(n, Network):
+            raise TypeError(f"item {k} is a {type(n).__name__}, not a scalegmn Network")
+    gb = to_graph_batch(networks)
+    group = np.zeros(len(gb.node_role), dtype=np.int64)
+    hidden = np.nonzero(gb.node_role == 1)[0]
+    for i in hidden:
+        spec = gb.specs[gb.node_batch[i]]
+        group[i] = GROUP_CODE[activation_group(spec.layers[gb.node_layer[i] - 1].activation)]
+    dt = dtype or gb.node_features.dtype
+    return GraphBatch(
+        node_features=jnp.asarray(gb.node_features, dtype=dt),
+        edge_features=jnp.asarray(gb.edge_features, dtype=dt),
+        src=jnp.asarray(gb.edge_index[0]),
+        dst=jnp.asarray(gb.edge_index[1]),
+        node_role=jnp.asarray(gb.node_role),
+        node_pos=jnp.asarray(gb.node_pos),
+        node_layer=jnp.asarray(gb.node_layer),
+        node_group=jnp.asarray(group),
+        node_batch=jnp.asarray(gb.node_batch),
+        edge_layer=jnp.asarray(gb.edge_layer),
+        edge_mask=jnp.asarray(gb.edge_mask),
+        n_graphs=len(networks),
+        specs=tuple(gb.specs),
+    )

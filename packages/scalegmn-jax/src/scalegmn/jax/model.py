@@ -1,0 +1,209 @@
+"""ScaleGMN in JAX/equinox: `docs/model.md`, with parameters stored by their checkpoint names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+from jaxtyping import Array, Float
+
+import jax
+import jax.numpy as jnp
+from scalegmn.weightgraph import ScaleGMNConfig
+
+from .batch import GraphBatch
+from .params import init_params
+
+_ACT = {
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "tanh": jnp.tanh,
+}
+_MODE_CODE = {"permutation": 0, "scale": 1, "sign": 2, "nonzero": 3}
+# Tests switch this on to show that the uncorrected backward message breaks equivariance.
+_NAIVE_BACKWARD = False
+
+
+def _linear(x: Array, w: Array, b: Array | None = None) -> Array:
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+class _Ctx:
+    """Per-call context: parameters, config, dropout keys."""
+
+    def __init__(self, params: dict[str, Array], cfg: ScaleGMNConfig, key: Array | None) -> None:
+        self.P, self.cfg, self.key = params, cfg, key
+
+    def next_key(self) -> Array | None:
+        if self.key is None:
+            return None
+        self.key, sub = jax.random.split(self.key)
+        return sub
+
+    def mlp(self, name: str, x: Array) -> Array:
+        P, cfg = self.P, self.cfg
+        k = 0
+        while f"{name}.lin.{k + 1}.weight" in P:
+            x = _linear(x, P[f"{name}.lin.{k}.weight"], P[f"{name}.lin.{k}.bias"])
+            if f"{name}.norm.{k}.weight" in P:
+                mu = x.mean(-1, keepdims=True)
+                var = ((x - mu) ** 2).mean(-1, keepdims=True)
+                x = (x - mu) / jnp.sqrt(var + 1e-5) * P[f"{name}.norm.{k}.weight"] + P[f"{name}.norm.{k}.bias"]
+            x = _ACT[cfg.mlp_activation](x)
+            sub = self.next_key()
+            if sub is not None and cfg.dropout > 0:
+                keep = jax.random.bernoulli(sub, 1.0 - cfg.dropout, x.shape)
+                x = jnp.where(keep, x / (1.0 - cfg.dropout), 0.0)
+            k += 1
+        return _linear(x, P[f"{name}.lin.{k}.weight"], P[f"{name}.lin.{k}.bias"])
+
+    def scale_inv(self, name: str, x: Array, g: Array) -> Array:
+        cfg = self.cfg
+        norm = jnp.sqrt(jnp.sum(x * x, -1, keepdims=True))
+        scaled = ((g == 1) | (g == 3))[:, None]
+        u = jnp.where(scaled, x / jnp.maximum(norm, cfg.norm_eps), x)
+        signed = ((g == 2) | (g == 3))[:, None]
+        if cfg.sign_canon == "symmetrize":
+            return self.mlp(name, u) + jnp.where(signed, self.mlp(name, -u), 0.0)
+        idx = jnp.argmax(jnp.abs(u), axis=-1)
+        v = jnp.take_along_axis(u, idx[:, None], -1)
+        s = jnp.where(v == 0, 1.0, jnp.sign(v)).astype(u.dtype)
+        return self.mlp(name, jnp.where(signed, s * u, u))
+
+    def scale_eq(self, name: str, x: Array, g: Array) -> Array:
+        return _linear(x, self.P[f"{name}.gamma.weight"]) * self.scale_inv(f"{name}.inv", x, g)
+
+
+def _segment_sum(x: Array, seg: Array, n: int) -> Array:
+    return jax.ops.segment_sum(x, seg, num_segments=n)
+
+
+def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch,
+            key: Array | None = None) -> Array | tuple[Array, Array]:
+    """The model's function given its parameters (pure; jit-friendly).
+
+    Returns:
+        `[B, d_out]` for the invariant head; `(node_features, edge_features)` edited, in the
+        batch's layout, for the equivariant head.
+    """
+    cx = _Ctx(params, cfg, key)
+    P, d = params, cfg.d_hidden
+    role, pos, lyr = b.node_role, b.node_pos, b.node_layer
+    src, dst = b.src, b.dst
+    N = b.node_features.shape[0]
+    if cfg.symmetry in ("auto", "hetero"):
+        grp = b.node_group
+    else:
+        grp = jnp.where(role == 1, _MODE_CODE[cfg.symmetry], 0)
+    x = b.node_features
+    xin = jnp.where((role == 0)[:, None], jnp.asarray(cfg.input_node_value, x.dtype), x)
+    h = _linear(xin, P["node_proj.weight"])
+    xe = b.edge_features
+    xe_pad = jnp.pad(xe, ((0, 0), (0, cfg.d_edge_in - xe.shape[1])))
+    e = _linear(xe_pad, P["edge_proj.weight"])
+    if cfg.positional_encoding:
+        add = jnp.where((role == 0)[:, None], P["pe_in"][jnp.clip(pos, 0, cfg.max_in_nodes - 1)],
+                        jnp.where((role == 2)[:, None], P["pe_out"][jnp.clip(pos, 0, cfg.max_out_nodes - 1)], 0.0))
+        mul = jnp.where((role == 1)[:, None], P["pe_hidden"][jnp.clip(lyr - 1, 0, cfg.max_hidden_layers - 1)], 1.0)
+        h = h * mul + add
+        from_in = (role[src] == 0)[:, None]
+        into_out = (role[dst] == 2)[:, None]
+        el = lyr[dst]
+        pe_e = jnp.where(
+            from_in, P["pe_edge_in"][jnp.clip(pos[src], 0, cfg.max_in_nodes - 1)],
+            jnp.where(into_out, P["pe_edge_out"][jnp.clip(pos[dst], 0, cfg.max_out_nodes - 1)],
+                      P["pe_edge_hidden"][jnp.clip(el - 2, 0, cfg.max_hidden_layers - 1)]))
+        e = e * pe_e
+    for t in range(cfg.n_layers):
+        pre = f"layers.{t}"
+        r = _linear(h[src], P[f"{pre}.fwd.rescale.a.weight"]) * _linear(e, P[f"{pre}.fwd.rescale.b.weight"])
+        z = jnp.concatenate([h[dst], r], -1) if cfg.message_receiver else r
+        m = cx.scale_eq(f"{pre}.fwd.msg", z, grp[dst])
+        parts = [h, _segment_sum(m, dst, N)]
+        if cfg.bidirectional:
+            rb = _linear(h[dst], P[f"{pre}.bwd.rescale.a.weight"]) * _linear(e, P[f"{pre}.bwd.rescale.b.weight"])
+            if cfg.symmetry != "permutation" and not _NAIVE_BACKWARD:
+                sq = jnp.sum(h * h, -1)
+                c = sq[src] / jnp.maximum(sq[dst], cfg.norm_eps**2)
+                rb = rb * c[:, None]
+            zb = jnp.concatenate([h[src], rb], -1) if cfg.message_receiver else rb
+            mb = cx.scale_eq(f"{pre}.bwd.msg", zb, grp[src])
+            parts.append(_segment_sum(mb, src, N))
+        hn = cx.scale_eq(f"{pre}.upd", jnp.concatenate(parts, -1), grp)
+        if cfg.skip_connections:
+            hn = hn + h
+        if f"{pre}.edge.gamma.weight" in P:
+            inv = cx.scale_inv(f"{pre}.edge.inv", hn, grp)
+            en = _linear(e, P[f"{pre}.edge.gamma.weight"]) * cx.mlp(
+                f"{pre}.edge.mlp", jnp.concatenate([inv[src], inv[dst]], -1))
+            e = en + e if cfg.skip_connections else en
+        h = hn
+    B = b.n_graphs
+    if cfg.head == "equivariant":
+        alpha = P["head.alpha"]
+        dn = _linear(h, P["head.node.weight"])
+        node = x + jnp.where((role == 0)[:, None], 0.0, alpha[jnp.clip(lyr - 1, 0, None)][:, None] * dn)
+        de = _linear(e, P["head.edge.weight"][: xe.shape[1]]) * b.edge_mask
+        edge = xe + alpha[lyr[dst] - 1][:, None] * de
+        return node, edge
+    if cfg.readout == "last_layer":
+        sel = role == 2
+        slot = jnp.where(sel, b.node_batch * cfg.max_out_nodes + pos, B * cfg.max_out_nodes)
+        flat = _segment_sum(h, slot, B * cfg.max_out_nodes + 1)[:-1].reshape(B, -1)
+        return cx.mlp("readout.mlp", flat)
+    hid = (role == 1)[:, None]
+    v = cx.scale_inv("readout.inv", h, grp)
+    s_h = _segment_sum(jnp.where(hid, v, 0.0), b.node_batch, B)
+    s_in = _segment_sum(jnp.where((role == 0)[:, None], h, 0.0), b.node_batch, B)
+    s_out = _segment_sum(jnp.where((role == 2)[:, None], h, 0.0), b.node_batch, B)
+    return cx.mlp("readout.mlp", jnp.concatenate([s_h, s_in, s_out], -1))
+
+
+class ScaleGMN(eqx.Module):
+    """ScaleGMN / ScaleGMN-B (`config.bidirectional`) in JAX.
+
+    `model(batch)` is inference (no dropout); `model(batch, key=k)` is training mode.
+    Parameters live in `params`, keyed by the checkpoint names of `docs/model.md` (the torch
+    `state_dict` keys), so checkpoints move between backends unchanged.
+
+    Example:
+        >>> import jax
+        >>> from scalegmn.weightgraph import NetworkSpec, random_network
+        >>> from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
+        >>> model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=3), key=jax.random.key(0))
+        >>> nets = [random_network(NetworkSpec.mlp([2, 4, 1], "relu"), rng=i, dtype="float32") for i in range(2)]
+        >>> model(collate(nets)).shape
+        (2, 3)
+    """
+
+    params: dict[str, Array]
+    config: ScaleGMNConfig = eqx.field(static=True)
+
+    def __init__(self, config: ScaleGMNConfig, *, key: Array | None = None,
+                 dtype: jnp.dtype = jnp.float32, params: dict[str, Array] | None = None) -> None:
+        if not isinstance(config, ScaleGMNConfig):
+            raise TypeError(f"ScaleGMN expects a ScaleGMNConfig, got {type(config).__name__}")
+        self.config = config
+        if params is None:
+            params = init_params(config, key if key is not None else jax.random.key(0), dtype)
+        self.params = dict(params)
+
+    def __call__(self, batch: GraphBatch, *, key: Array | None = None) -> Float[Array, "B d_out"] | tuple[Array, Array]:
+        """Apply the model to a batch from `collate`."""
+        if not isinstance(batch, GraphBatch):
+            raise TypeError(f"ScaleGMN expects a batch from scalegmn.jax.collate, got {type(batch).__name__}")
+        for spec in batch.specs:
+            self.config.check_compatible(spec)
+        dt = self.params["node_proj.weight"].dtype
+        if batch.node_features.dtype != dt:
+            raise TypeError(f"the batch is {batch.node_features.dtype} but the model is {dt}: "
+                            f"use collate(networks, dtype={dt})")
+        stripped = dataclasses.replace(batch, specs=())
+        if _NAIVE_BACKWARD:
+            return forward(self.params, self.config, stripped, key)
+        return _forward_jit(self.params, self.config, stripped, key)
+
+
+_forward_jit = eqx.filter_jit(forward)
