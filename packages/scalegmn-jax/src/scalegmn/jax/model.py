@@ -89,7 +89,7 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch,
         batch's layout, for the equivariant head.
     """
     cx = _Ctx(params, cfg, key)
-    P, d = params, cfg.d_hidden
+    P = params
     role, pos, lyr = b.node_role, b.node_pos, b.node_layer
     src, dst = b.src, b.dst
     N = b.node_features.shape[0]
