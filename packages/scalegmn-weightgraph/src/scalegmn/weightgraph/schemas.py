@@ -6,6 +6,7 @@ no torch, no jax). Every model serialises to JSON and publishes a JSON Schema.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Annotated, Any, Literal
@@ -324,7 +325,7 @@ class NetworkSpec(_Schema):
                 w0=w0,
                 bias=bias,
             )
-            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
+            for i, (a, b) in enumerate(itertools.pairwise(widths))
         ]
         return cls(layers=layers, input_shape=(widths[0],), output_offset=output_offset)
 
