@@ -117,3 +117,18 @@ def test_torch_dataloader_default_collate_is_the_backend_collate(zoo_path):
             ref, label = ds[4 * k + j]
             np.testing.assert_allclose(net.flat(), ref.flat(), rtol=1e-6)
             assert y[j].item() == label
+
+
+def test_numpy_iterator_default_collate_is_the_jax_collate(zoo_path):
+    pytest.importorskip("scalegmn.jax", reason="the JAX backend is an optional extra of scalegmn-tasks")
+    from scalegmn.weightgraph import to_graph_batch
+
+    ds = open_zoo(zoo_path, "val")
+    batches = list(iterate_batches(ds, 4))
+    assert len(batches) == 2
+    for k, (batch, y) in enumerate(batches):
+        nets = ds.networks(range(4 * k, 4 * k + 4))
+        ref = to_graph_batch(nets)
+        np.testing.assert_array_equal(np.asarray(batch.node_features), ref.node_features)
+        np.testing.assert_array_equal(np.asarray(batch.edge_features), ref.edge_features)
+        assert isinstance(y, np.ndarray) and y.tolist() == ds.targets[4 * k : 4 * k + 4].tolist()
