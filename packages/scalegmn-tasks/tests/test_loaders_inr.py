@@ -207,7 +207,7 @@ def test_nfn_cifar_splits_by_index(cifar_root):
             label, sd = sds[("randinit_smaller", first + i)]
             net, y = ds[i]
             assert y == label
-            np.testing.assert_allclose(forward(net, x), _reference(sd, x, 0.0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(forward(net, x), _reference(sd, x, 0.0), rtol=1e-5, atol=1e-5)  # float32 through sin(30 z)
     aug = load_nfn_cifar_inrs(root, "train", split_points=pts, augmented=True)
     assert len(aug) == 18
     label, sd = sds[("randinit_smaller_aug1", 2)]

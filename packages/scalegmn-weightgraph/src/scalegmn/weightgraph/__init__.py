@@ -6,6 +6,17 @@ libraries only when called.
 
 from __future__ import annotations
 
+from .convert.arrays import (
+    LayoutRow,
+    from_arrays,
+    from_flat,
+    from_state_dict,
+    parse_layout_csv,
+    small_cnn_zoo_layout,
+    to_arrays,
+    to_flat,
+    to_state_dict,
+)
 from .errors import GraphError, NetworkError, UnsupportedLayerError
 from .graph import (
     DenseBatch,
@@ -48,6 +59,7 @@ __all__ = [
     "GraphError",
     "GraphLayout",
     "LayerSymmetry",
+    "LayoutRow",
     "Network",
     "NetworkError",
     "NetworkSpec",
@@ -59,13 +71,21 @@ __all__ = [
     "activation_group",
     "apply_activation",
     "forward",
+    "from_arrays",
     "from_dense_batch",
+    "from_flat",
     "from_graph",
     "from_graph_batch",
+    "from_state_dict",
     "layer_symmetries",
     "layout",
+    "parse_layout_csv",
     "random_network",
+    "small_cnn_zoo_layout",
+    "to_arrays",
     "to_dense_batch",
+    "to_flat",
     "to_graph",
     "to_graph_batch",
+    "to_state_dict",
 ]

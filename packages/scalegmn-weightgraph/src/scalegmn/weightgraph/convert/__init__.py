@@ -1,0 +1,1 @@
+"""Converters between `Network` and the ways people store networks (all exact)."""
