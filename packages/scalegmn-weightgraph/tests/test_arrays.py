@@ -79,7 +79,7 @@ def test_layout_errors_name_the_row(tmp_path):
         parse_layout_csv(bad)
     p = tmp_path / "layout.csv"
     p.write_text(text.replace("varname", "name"))
-    with pytest.raises(NetworkError, match="layout.csv"):
+    with pytest.raises(NetworkError, match=r"layout\.csv"):
         parse_layout_csv(p)
     rows = parse_layout_csv(text)
     with pytest.raises(NetworkError, match="needs"):

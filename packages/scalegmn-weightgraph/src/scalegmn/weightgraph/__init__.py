@@ -48,6 +48,35 @@ from .schemas import (
     layer_symmetries,
 )
 
+
+def from_torch(module, input_shape=None, activation=None):  # type: ignore[no-untyped-def]
+    """A `Network` from a PyTorch module, exactly (see `scalegmn.weightgraph.convert.torch.from_torch`)."""
+    from .convert.torch import from_torch as _f
+
+    return _f(module, input_shape, activation)
+
+
+def to_torch(network):  # type: ignore[no-untyped-def]
+    """An `nn.Sequential` computing the same function (see `scalegmn.weightgraph.convert.torch.to_torch`)."""
+    from .convert.torch import to_torch as _f
+
+    return _f(network)
+
+
+def from_equinox(model, input_shape=None):  # type: ignore[no-untyped-def]
+    """A `Network` from an equinox model, exactly (see `scalegmn.weightgraph.convert.equinox.from_equinox`)."""
+    from .convert.equinox import from_equinox as _f
+
+    return _f(model, input_shape)
+
+
+def to_equinox(network, key=None):  # type: ignore[no-untyped-def]
+    """An `eqx.nn.Sequential` computing the same function (see `scalegmn.weightgraph.convert.equinox.to_equinox`)."""
+    from .convert.equinox import to_equinox as _f
+
+    return _f(network, key)
+
+
 __all__ = [
     "ACTIVATIONS",
     "Activation",
@@ -73,10 +102,12 @@ __all__ = [
     "forward",
     "from_arrays",
     "from_dense_batch",
+    "from_equinox",
     "from_flat",
     "from_graph",
     "from_graph_batch",
     "from_state_dict",
+    "from_torch",
     "layer_symmetries",
     "layout",
     "parse_layout_csv",
@@ -84,8 +115,10 @@ __all__ = [
     "small_cnn_zoo_layout",
     "to_arrays",
     "to_dense_batch",
+    "to_equinox",
     "to_flat",
     "to_graph",
     "to_graph_batch",
     "to_state_dict",
+    "to_torch",
 ]

@@ -1,0 +1,205 @@
+"""equinox models to `Network` and back (jax and equinox are imported only when used).
+
+equinox layers act on one unbatched example: `(features,)` or `(channels, height, width)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import UnsupportedLayerError
+from ..network import Network
+from ..schemas import ConvLayer, DenseLayer, NetworkSpec
+
+
+class Sine(eqx.Module):
+    """`sin(w0 * x)`, the SIREN activation (usable as `eqx.nn.MLP(activation=Sine(30.0))`)."""
+
+    w0: float = eqx.field(static=True, default=30.0)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.sin(self.w0 * x)
+
+
+class LeakyReLU(eqx.Module):
+    """LeakyReLU with a given slope."""
+
+    negative_slope: float = eqx.field(static=True, default=0.01)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.where(x >= 0, x, self.negative_slope * x)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """Average a `(C, H, W)` map over space: `(C,)`."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """Flatten a `(C, H, W)` map channel-major, as `nn.Flatten` does."""
+    return jnp.reshape(x, (-1,))
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+_FUNCS: dict[str, Any] = {
+    "relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": _gelu,
+    "silu": jax.nn.silu, "softplus": jax.nn.softplus, "elu": jax.nn.elu, "identity": _identity,
+}
+
+
+def _act_name(fn: Any) -> tuple[str, dict[str, float]] | None:
+    if isinstance(fn, eqx.nn.Lambda):
+        fn = fn.fn
+    if isinstance(fn, Sine):
+        return "sine", {"w0": fn.w0}
+    if isinstance(fn, LeakyReLU):
+        return "leaky_relu", {"negative_slope": fn.negative_slope}
+    for name, f in _FUNCS.items():
+        if fn is f:
+            return name, {}
+    if fn is jax.nn.gelu:
+        raise UnsupportedLayerError("jax.nn.gelu defaults to the tanh approximation; use an exact GELU lambda "
+                                    "(scalegmn.weightgraph.convert.equinox._gelu)")
+    if fn is jax.nn.leaky_relu:
+        return "leaky_relu", {"negative_slope": 0.01}
+    if fn is jnp.sin:
+        return "sine", {"w0": 1.0}
+    if getattr(fn, "__module__", "").startswith("equinox.nn") and getattr(fn, "__name__", "") in ("<lambda>", "_identity"):
+        probe = jnp.asarray([-2.0, 0.5, 3.0])
+        if bool(jnp.all(fn(probe) == probe)):  # equinox's default final activation: identity
+            return "identity", {}
+    return None
+
+
+def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Network:
+    """A `Network` from `eqx.nn.MLP` or an `eqx.nn.Sequential` of Linear / Conv2d / Lambda layers.
+
+    Lambdas may hold an activation (`jax.nn.relu`, `jnp.tanh`, ..., `Sine`, `LeakyReLU`),
+    `global_avg_pool` or `flatten` (from this module).
+
+    Raises:
+        UnsupportedLayerError: naming the layer index and class.
+    """
+    if isinstance(model, eqx.nn.MLP):
+        act = _act_name(model.activation)
+        fin = _act_name(model.final_activation)
+        if act is None or fin is None:
+            raise UnsupportedLayerError("eqx.nn.MLP with an activation that is not in scalegmn's list")
+        items: list[Any] = []
+        for k, lin in enumerate(model.layers):
+            items.append(lin)
+            items.append(model.activation if k < len(model.layers) - 1 else model.final_activation)
+    elif isinstance(model, eqx.nn.Sequential):
+        items = list(model.layers)
+    else:
+        raise UnsupportedLayerError(f"{type(model).__name__}: expected eqx.nn.MLP or eqx.nn.Sequential")
+    layers: list[dict[str, Any]] = []
+    ws, bs = [], []
+    pooling = None
+    for k, m in enumerate(items):
+        if isinstance(m, eqx.nn.Linear):
+            w = np.asarray(m.weight)
+            layers.append({"kind": "dense", "in_features": w.shape[1], "out_features": w.shape[0], "bias": m.bias is not None})
+            ws.append(w)
+            bs.append(np.asarray(m.bias) if m.bias is not None else np.zeros(w.shape[0], w.dtype))
+        elif isinstance(m, eqx.nn.Conv2d):
+            w = np.asarray(m.weight)
+            if tuple(m.dilation) != (1, 1) or m.groups != 1:
+                raise UnsupportedLayerError(f"layer {k}: Conv2d with dilation or groups")
+            pad = tuple(tuple(int(v) for v in p) for p in m.padding)
+            layers.append({"kind": "conv", "in_channels": w.shape[1], "out_channels": w.shape[0],
+                           "kernel_size": tuple(w.shape[2:]), "stride": tuple(m.stride), "pads": pad,
+                           "bias": m.bias is not None})
+            ws.append(w)
+            bs.append(np.asarray(m.bias).reshape(-1) if m.bias is not None else np.zeros(w.shape[0], w.dtype))
+        else:
+            fn = m.fn if isinstance(m, eqx.nn.Lambda) else m
+            if fn is global_avg_pool:
+                pooling = "global_avg"
+                continue
+            if fn is flatten:
+                pooling = pooling or "flatten"
+                continue
+            act = _act_name(m)
+            if act is None:
+                raise UnsupportedLayerError(f"layer {k}: {type(m).__name__} ({fn!r}) is not supported")
+            if act[0] == "identity":
+                continue
+            if not layers:
+                raise UnsupportedLayerError(f"layer {k}: activation before any layer")
+            layers[-1]["activation"] = act[0]
+            layers[-1].update(act[1])
+    n_conv = sum(1 for lay in layers if lay["kind"] == "conv")
+    if n_conv and input_shape is None:
+        raise UnsupportedLayerError("a conv network needs input_shape=(channels, height, width)")
+    shape = tuple(input_shape) if input_shape is not None else (layers[0]["in_features"],)
+    hw = shape[1:]
+    built: list[DenseLayer | ConvLayer] = []
+    for lay in layers:
+        kind = lay.pop("kind")
+        if kind == "conv":
+            (t, b), (le, r) = lay.pop("pads")
+            if t == b and le == r:
+                conv = ConvLayer(**lay, padding=(t, le))
+            else:
+                conv = ConvLayer(**lay, padding="same")
+                if conv.pads(*hw) != (t, b, le, r):
+                    raise UnsupportedLayerError(f"asymmetric padding {((t, b), (le, r))} is not TensorFlow 'same'")
+            hw = conv.output_hw(*hw)
+            built.append(conv)
+        else:
+            built.append(DenseLayer(**lay))
+    spec = NetworkSpec(layers=built, input_shape=shape, pooling=pooling if n_conv and n_conv < len(built) else None)  # type: ignore[arg-type]
+    return Network(spec, ws, bs)
+
+
+def to_equinox(network: Network, key: jax.Array | None = None) -> eqx.nn.Sequential:
+    """An `eqx.nn.Sequential` computing the same function on one unbatched input.
+
+    The output offset of the spec (if any) becomes a final Lambda.
+    """
+    spec = network.spec
+    key = key if key is not None else jax.random.key(0)
+    mods: list[Any] = []
+    hw = spec.input_shape[1:]
+    for i, (layer, w, b) in enumerate(zip(spec.layers, network.weights, network.biases, strict=True)):
+        key, sub = jax.random.split(key)
+        if isinstance(layer, ConvLayer):
+            t, bo, le, r = layer.pads(*hw)
+            m: Any = eqx.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                   padding=((t, bo), (le, r)), use_bias=layer.bias, key=sub, dtype=w.dtype)
+            m = eqx.tree_at(lambda c: c.weight, m, jnp.asarray(w))
+            if layer.bias:
+                m = eqx.tree_at(lambda c: c.bias, m, jnp.asarray(b).reshape(-1, 1, 1))
+            hw = layer.output_hw(*hw)
+        else:
+            if i == spec.n_conv and i > 0:
+                mods.append(eqx.nn.Lambda(global_avg_pool if spec.pooling == "global_avg" else flatten))
+            m = eqx.nn.Linear(layer.in_features, layer.out_features, use_bias=layer.bias, key=sub, dtype=w.dtype)
+            m = eqx.tree_at(lambda c: c.weight, m, jnp.asarray(w))
+            if layer.bias:
+                m = eqx.tree_at(lambda c: c.bias, m, jnp.asarray(b))
+        mods.append(m)
+        a = layer.activation
+        if a == "sine":
+            mods.append(eqx.nn.Lambda(Sine(layer.w0)))
+        elif a == "leaky_relu":
+            mods.append(eqx.nn.Lambda(LeakyReLU(layer.negative_slope)))
+        elif a != "identity":
+            mods.append(eqx.nn.Lambda(_FUNCS[a]))
+    if spec.output_offset:
+        off = spec.output_offset
+        mods.append(eqx.nn.Lambda(lambda x: x + off))
+    return eqx.nn.Sequential(mods)

@@ -1,0 +1,238 @@
+"""PyTorch modules to `Network` and back (torch is imported only when these are used)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UnsupportedLayerError
+from ..network import Network
+from ..schemas import ConvLayer, DenseLayer, NetworkSpec
+
+SUPPORTED = (
+    "nn.Linear, nn.Conv2d (dilation 1, groups 1, zero padding), nn.ZeroPad2d before a Conv2d, "
+    "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, ELU(alpha=1), Identity, Sine, "
+    "AdaptiveAvgPool2d(1), Flatten, Dropout (a no-op at inference)"
+)
+
+
+class Sine(nn.Module):
+    """`sin(w0 * x)`, the SIREN activation."""
+
+    def __init__(self, w0: float = 30.0) -> None:
+        super().__init__()
+        self.w0 = float(w0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * x)
+
+
+class AddConstant(nn.Module):
+    """Adds a constant to the output (the DWS INRs' `+ 0.5`)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.value
+
+
+_ACT_MODULES: dict[type, str] = {
+    nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.SiLU: "silu",
+    nn.Softplus: "softplus", nn.ELU: "elu", nn.LeakyReLU: "leaky_relu",
+}
+
+
+def _leaves(module: nn.Module, prefix: str = "", root: bool = True) -> list[tuple[str, nn.Module]]:
+    """Layers in registration order: containers and the root module are opened, any other
+    module with children (attention, recurrent, residual blocks) stays whole and is refused."""
+    children = list(module.named_children())
+    opened = isinstance(module, nn.Sequential | nn.ModuleList) or (
+        root and children and not isinstance(module, nn.Linear | nn.Conv2d) and type(module).__module__ != nn.Module.__module__
+        and not type(module).__module__.startswith("torch.")
+    )
+    if not opened:
+        return [(prefix or type(module).__name__, module)]
+    out = []
+    for name, child in children:
+        out += _leaves(child, f"{prefix}.{name}" if prefix else name, root=False)
+    return out
+
+
+def _activation_of(m: nn.Module, path: str) -> tuple[str, dict[str, float]] | None:
+    if hasattr(m, "w0") and "sine" in type(m).__name__.lower():
+        return "sine", {"w0": float(m.w0)}
+    for cls, name in _ACT_MODULES.items():
+        if isinstance(m, cls):
+            if isinstance(m, nn.LeakyReLU):
+                return name, {"negative_slope": float(m.negative_slope)}
+            if isinstance(m, nn.ELU) and m.alpha != 1.0:
+                raise UnsupportedLayerError(f"{path}: ELU with alpha={m.alpha}; only alpha=1 is supported")
+            if isinstance(m, nn.Softplus) and (m.beta != 1 or m.threshold != 20):
+                raise UnsupportedLayerError(f"{path}: Softplus must have beta=1, threshold=20")
+            if isinstance(m, nn.GELU) and m.approximate != "none":
+                raise UnsupportedLayerError(f"{path}: GELU(approximate='tanh') is not supported; use the exact GELU")
+            return name, {}
+    return None
+
+
+def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
+               activation: str | None = None) -> Network:
+    """A `Network` from a PyTorch module, exactly.
+
+    Accepts an `nn.Sequential` (nested allowed) of the layers in `SUPPORTED`, or a plain module
+    whose layers are found in registration order (e.g. a SIREN holding `nn.Linear`s and a
+    `w0` attribute, with sine applied in `forward`: pass `activation="sine"` or give the
+    module a `w0`; an MLP applying ReLU functionally: pass `activation="relu"`).
+
+    Args:
+        module: the module.
+        input_shape: `(C, H, W)` for conv networks (needed to size flatten layers); MLPs infer it.
+        activation: hidden activation for modules that apply it functionally.
+
+    Raises:
+        UnsupportedLayerError: naming the module path and class, and listing what is supported.
+    """
+    leaves = _leaves(module)
+    has_act = any(_activation_of(m, p) for p, m in leaves)
+    functional = activation
+    if functional is None and not has_act and hasattr(module, "w0"):
+        functional = "sine"
+    layers: list[dict[str, Any]] = []
+    weights: list[np.ndarray] = []
+    biases: list[np.ndarray] = []
+    pooling: str | None = None
+    pending_pad: tuple[int, int, int, int] | None = None
+    offset = 0.0
+    for path, m in leaves:
+        act = _activation_of(m, path)
+        if act is not None:
+            if not layers or "activation" in layers[-1]:
+                raise UnsupportedLayerError(f"{path}: activation {type(m).__name__} without a preceding layer")
+            layers[-1]["activation"] = act[0]
+            layers[-1].update(act[1])
+        elif isinstance(m, nn.Linear):
+            if layers and layers[-1]["kind"] == "conv" and pooling is None:
+                raise UnsupportedLayerError(f"{path}: a Linear after a Conv2d needs AdaptiveAvgPool2d(1) or Flatten between")
+            layers.append({"kind": "dense", "in_features": m.in_features, "out_features": m.out_features,
+                           "bias": m.bias is not None})
+            weights.append(m.weight.detach().cpu().numpy())
+            biases.append(m.bias.detach().cpu().numpy() if m.bias is not None else np.zeros(m.out_features, dtype=weights[-1].dtype))
+        elif isinstance(m, nn.Conv2d):
+            if m.dilation != (1, 1) or m.groups != 1 or m.padding_mode != "zeros":
+                raise UnsupportedLayerError(f"{path}: Conv2d with dilation/groups/padding_mode other than 1/1/zeros")
+            if layers and layers[-1]["kind"] == "dense":
+                raise UnsupportedLayerError(f"{path}: a Conv2d after a Linear is not a feed-forward CNN we support")
+            pad: Any = m.padding if isinstance(m.padding, str) else tuple(m.padding)
+            if pad == "same":
+                pad = "same"
+            if pending_pad is not None:
+                if pad not in ((0, 0), "valid"):
+                    raise UnsupportedLayerError(f"{path}: ZeroPad2d followed by a padded Conv2d")
+                pad = ("zeropad", pending_pad)
+                pending_pad = None
+            layers.append({"kind": "conv", "in_channels": m.in_channels, "out_channels": m.out_channels,
+                           "kernel_size": tuple(m.kernel_size), "stride": tuple(m.stride), "padding": pad,
+                           "bias": m.bias is not None})
+            weights.append(m.weight.detach().cpu().numpy())
+            biases.append(m.bias.detach().cpu().numpy() if m.bias is not None else np.zeros(m.out_channels, dtype=weights[-1].dtype))
+        elif isinstance(m, nn.ZeroPad2d):
+            le, r, t, b = (int(v) for v in m.padding)
+            pending_pad = (t, b, le, r)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            if m.output_size not in (1, (1, 1)):
+                raise UnsupportedLayerError(f"{path}: AdaptiveAvgPool2d({m.output_size}); only global pooling (1) is supported")
+            pooling = "global_avg"
+        elif isinstance(m, nn.Flatten):
+            if pooling is None and layers and layers[-1]["kind"] == "conv":
+                pooling = "flatten"
+        elif isinstance(m, nn.Identity | nn.Dropout):
+            continue
+        elif isinstance(m, AddConstant):
+            offset = m.value
+        else:
+            raise UnsupportedLayerError(
+                f"{path}: {type(m).__name__} is not supported; supported: {SUPPORTED}"
+            )
+    if not layers:
+        raise UnsupportedLayerError(f"{type(module).__name__} has no Linear or Conv2d layers")
+    if functional is not None:
+        for lay in layers[:-1]:
+            lay.setdefault("activation", functional)
+            if functional == "sine" and hasattr(module, "w0"):
+                lay.setdefault("w0", float(module.w0))
+    n_conv = sum(1 for lay in layers if lay["kind"] == "conv")
+    if n_conv and input_shape is None:
+        raise UnsupportedLayerError("a conv network needs input_shape=(channels, height, width)")
+    shape = tuple(input_shape) if input_shape is not None else (layers[0]["in_features"],)
+    hw = shape[1:]
+    built: list[DenseLayer | ConvLayer] = []
+    for lay in layers:
+        kind = lay.pop("kind")
+        if kind == "conv":
+            pad = lay["padding"]
+            if isinstance(pad, tuple) and pad and pad[0] == "zeropad":
+                probe = ConvLayer(**{**lay, "padding": "same"})
+                if probe.pads(*hw) != pad[1]:
+                    raise UnsupportedLayerError(f"ZeroPad2d{pad[1]} is not TensorFlow 'same' padding for a {hw} map")
+                lay["padding"] = "same"
+            elif pad == "same" and max(lay["stride"]) > 1:
+                raise UnsupportedLayerError("Conv2d(padding='same') with stride > 1")
+            conv = ConvLayer(**lay)
+            hw = conv.output_hw(*hw)
+            built.append(conv)
+        else:
+            built.append(DenseLayer(**lay))
+    spec = NetworkSpec(layers=built, input_shape=shape, pooling=pooling if n_conv and n_conv < len(built) else None,  # type: ignore[arg-type]
+                       output_offset=offset)
+    return Network(spec, weights, biases)
+
+
+def _act_module(layer: DenseLayer | ConvLayer) -> nn.Module | None:
+    a = layer.activation
+    if a == "identity":
+        return None
+    if a == "sine":
+        return Sine(layer.w0)
+    if a == "leaky_relu":
+        return nn.LeakyReLU(layer.negative_slope)
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU,
+            "softplus": nn.Softplus, "elu": nn.ELU}[a]()
+
+
+def to_torch(network: Network) -> nn.Sequential:
+    """An `nn.Sequential` computing the same function as `network` (parameters copied, same dtype)."""
+    spec = network.spec
+    mods: list[nn.Module] = []
+    hw = spec.input_shape[1:]
+    dtype = torch.from_numpy(np.zeros(1, dtype=network.dtype)).dtype
+    for i, (layer, w, b) in enumerate(zip(spec.layers, network.weights, network.biases, strict=True)):
+        if isinstance(layer, ConvLayer):
+            t, bo, le, r = layer.pads(*hw)
+            pad: Any = layer.padding
+            if layer.padding == "same" and max(layer.stride) > 1:
+                # torch has no 'same' for strided convs: spell TensorFlow's rule out
+                mods.append(nn.ZeroPad2d((le, r, t, bo)))
+                pad = (0, 0)
+            m: nn.Module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                     stride=layer.stride, padding=pad, bias=layer.bias, dtype=dtype)
+            hw = layer.output_hw(*hw)
+        else:
+            if i == spec.n_conv and i > 0:
+                mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if spec.pooling == "global_avg" else [nn.Flatten()]
+            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dtype)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.array(w)))
+            if layer.bias:
+                m.bias.copy_(torch.from_numpy(np.array(b)))
+        mods.append(m)
+        act = _act_module(layer)
+        if act is not None:
+            mods.append(act)
+    if spec.output_offset:
+        mods.append(AddConstant(spec.output_offset))
+    return nn.Sequential(*mods)

@@ -1,0 +1,144 @@
+"""torch and equinox converters: exact round trips, same function, named errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalegmn.weightgraph import (
+    ACTIVATIONS,
+    ConvLayer,
+    DenseLayer,
+    NetworkSpec,
+    UnsupportedLayerError,
+    forward,
+    from_equinox,
+    from_torch,
+    random_network,
+    to_equinox,
+    to_torch,
+)
+
+torch = pytest.importorskip("torch")
+
+
+@st.composite
+def arch(draw):
+    act = draw(st.sampled_from(ACTIVATIONS))
+    if draw(st.booleans()):
+        ws = draw(st.lists(st.integers(1, 64), min_size=2, max_size=6))
+        return NetworkSpec.mlp(ws, act)
+    size = draw(st.sampled_from([5, 7, 8]))
+    c = draw(st.integers(1, 3))
+    layers = []
+    hw = (size, size)
+    for _ in range(draw(st.integers(1, 3))):
+        co = draw(st.integers(1, 6))
+        conv = ConvLayer(in_channels=c, out_channels=co, kernel_size=draw(st.sampled_from([(1, 1), (3, 3), (2, 2)])),
+                         stride=draw(st.sampled_from([(1, 1), (2, 2)])),
+                         padding=draw(st.sampled_from(["same", (0, 0), (1, 1)])), activation=act)
+        try:
+            hw = conv.output_hw(*hw)
+        except ValueError:
+            break
+        layers.append(conv)
+        c = co
+    if not layers:
+        return NetworkSpec.mlp([3, 4, 2], act)
+    pooling = draw(st.sampled_from(["global_avg", "flatten"]))
+    n_in = c * hw[0] * hw[1] if pooling == "flatten" else c
+    layers.append(DenseLayer(in_features=n_in, out_features=draw(st.integers(1, 4))))
+    return NetworkSpec(layers=layers, input_shape=(layers[0].in_channels, size, size), pooling=pooling)
+
+
+@settings(max_examples=30, deadline=None)
+@given(arch(), st.integers(0, 999))
+def test_torch_round_trip_exact_and_same_function(spec, seed):
+    net = random_network(spec, seed)
+    mod = to_torch(net)
+    back = from_torch(mod, input_shape=spec.input_shape if spec.n_conv else None)
+    assert back.equals(net)
+    x = np.random.default_rng(seed).normal(size=(3, *spec.input_shape))
+    with torch.no_grad():
+        y = mod(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, forward(net, x), rtol=1e-10, atol=1e-12)
+
+
+def test_plain_siren_module_and_dws_convention():
+    class Siren(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w0 = 30.0
+            self.seq = torch.nn.ModuleList([torch.nn.Linear(2, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 1)])
+
+        def forward(self, x):
+            for k, lin in enumerate(self.seq):
+                x = lin(x)
+                x = torch.sin(self.w0 * x) if k < 2 else x
+            return x + 0.5
+
+    m = Siren().double()
+    net = from_torch(m)
+    net = type(net)(net.spec.model_copy(update={"output_offset": 0.5}), net.weights, net.biases)
+    x = np.random.default_rng(0).uniform(-1, 1, (10, 2))
+    with torch.no_grad():
+        np.testing.assert_allclose(forward(net, x), m(torch.from_numpy(x)).numpy(), rtol=1e-10, atol=1e-12)
+    assert net.spec.activations == ["sine", "sine", "identity"]
+
+
+@pytest.mark.parametrize("bad", [torch.nn.BatchNorm1d(4), torch.nn.MaxPool2d(2), torch.nn.LSTM(4, 4),
+                                 torch.nn.MultiheadAttention(4, 1)])
+def test_unsupported_layers_are_named(bad):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), bad, torch.nn.Linear(4, 2))
+    with pytest.raises(UnsupportedLayerError, match=type(bad).__name__) as err:
+        from_torch(model)
+    assert "supported" in str(err.value) and "1" in str(err.value)
+
+
+def test_conv_needs_input_shape():
+    with pytest.raises(UnsupportedLayerError, match="input_shape"):
+        from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2, 1)))
+
+
+@settings(max_examples=15, deadline=None)
+@given(arch(), st.integers(0, 999))
+def test_equinox_round_trip_exact_and_same_function(spec, seed):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    net = random_network(spec, seed)
+    model = to_equinox(net)
+    back = from_equinox(model, input_shape=spec.input_shape if spec.n_conv else None)
+    # equinox stores explicit pads, so "same" and the equal explicit padding read back alike
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype
+               for a, b in zip(back.weights + back.biases, net.weights + net.biases, strict=True))
+    hw = spec.input_shape[1:]
+    for la, lb in zip(back.spec.layers, spec.layers, strict=True):
+        assert la.model_copy(update={"padding": (0, 0)}) == lb.model_copy(update={"padding": (0, 0)})
+        if isinstance(lb, ConvLayer):
+            assert la.pads(*hw) == lb.pads(*hw)
+            hw = lb.output_hw(*hw)
+    x = np.random.default_rng(seed).normal(size=(2, *spec.input_shape))
+    y = np.stack([np.asarray(model(xi)) for xi in x])
+    np.testing.assert_allclose(y, forward(net, x), rtol=1e-10, atol=1e-12)
+
+
+def test_equinox_mlp():
+    jax = pytest.importorskip("jax")
+    import equinox as eqx
+
+    jax.config.update("jax_enable_x64", True)
+    mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jax.nn.relu, key=jax.random.key(0), dtype="float64")
+    net = from_equinox(mlp)
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    np.testing.assert_allclose(np.stack([np.asarray(mlp(xi)) for xi in x]), forward(net, x), rtol=1e-10, atol=1e-12)
+
+
+def test_import_pulls_in_neither_torch_nor_jax():
+    code = "import sys, scalegmn.weightgraph; print([m for m in ('torch', 'jax') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
