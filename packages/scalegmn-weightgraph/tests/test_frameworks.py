@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wg_strategies import arch
 
 from scalegmn.weightgraph import (
-    ACTIVATIONS,
     ConvLayer,
-    DenseLayer,
-    NetworkSpec,
     UnsupportedLayerError,
     forward,
     from_equinox,
@@ -25,35 +23,6 @@ from scalegmn.weightgraph import (
 )
 
 torch = pytest.importorskip("torch")
-
-
-@st.composite
-def arch(draw):
-    act = draw(st.sampled_from(ACTIVATIONS))
-    if draw(st.booleans()):
-        ws = draw(st.lists(st.integers(1, 64), min_size=2, max_size=6))
-        return NetworkSpec.mlp(ws, act)
-    size = draw(st.sampled_from([5, 7, 8]))
-    c = draw(st.integers(1, 3))
-    layers = []
-    hw = (size, size)
-    for _ in range(draw(st.integers(1, 3))):
-        co = draw(st.integers(1, 6))
-        conv = ConvLayer(in_channels=c, out_channels=co, kernel_size=draw(st.sampled_from([(1, 1), (3, 3), (2, 2)])),
-                         stride=draw(st.sampled_from([(1, 1), (2, 2)])),
-                         padding=draw(st.sampled_from(["same", (0, 0), (1, 1)])), activation=act)
-        try:
-            hw = conv.output_hw(*hw)
-        except ValueError:
-            break
-        layers.append(conv)
-        c = co
-    if not layers:
-        return NetworkSpec.mlp([3, 4, 2], act)
-    pooling = draw(st.sampled_from(["global_avg", "flatten"]))
-    n_in = c * hw[0] * hw[1] if pooling == "flatten" else c
-    layers.append(DenseLayer(in_features=n_in, out_features=draw(st.integers(1, 4))))
-    return NetworkSpec(layers=layers, input_shape=(layers[0].in_channels, size, size), pooling=pooling)
 
 
 @settings(max_examples=30, deadline=None)
