@@ -188,7 +188,9 @@ def cifar_root(tmp_path):
             d = tmp_path / f"{prefix}_{label}s"
             d.mkdir(exist_ok=True)
             sd = _siren_state_dict(rng, out=3)
-            torch.save(sd, d / f"net{idx}.pth")
+            # NFN's files name their layers differently; the loader takes them in file order
+            torch.save({k.replace("seq.", "net.").replace(".weight", ".linear.weight")
+                         .replace(".bias", ".linear.bias"): v for k, v in sd.items()}, d / f"net{idx}.pth")
             sds[(prefix, idx)] = (label, sd)
     (tmp_path / "randinit_smaller_0s" / "notes.txt").write_text("ignored")
     return tmp_path, sds

@@ -107,6 +107,7 @@ def load_dws_inrs(
     on_error: OnError = "raise",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    key_format: str = "seq.{i}.{param}",
 ) -> StackedDataset:
     """A split of the DWS MNIST or Fashion-MNIST INRs.
 
@@ -120,6 +121,7 @@ def load_dws_inrs(
         on_error: `"raise"` or `"skip"` bad files (counted in `ds.report`).
         cache_dir: keep a stacked copy here; later loads memory-map it.
         progress: show a progress bar.
+        key_format: the state dict key pattern (DWS: `seq.{i}.{param}`).
 
     Returns:
         A `StackedDataset` of `DWS_SPEC` networks with integer labels; `ds.columns["row"]`
@@ -142,4 +144,5 @@ def load_dws_inrs(
             entries = _entries_from_split_file(root, sf, split)
     else:
         entries = _mnist_entries(root, split, val_size, seed)
-    return load_entries(entries, DWS_SPEC, f"dws:{root.name}", split, on_error, cache_dir, progress)
+    return load_entries(entries, DWS_SPEC, f"dws:{root.name}", split, on_error, cache_dir, progress,
+                        key_format)

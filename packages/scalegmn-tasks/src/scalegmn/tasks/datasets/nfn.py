@@ -51,6 +51,7 @@ def load_nfn_cifar_inrs(
     split_points: tuple[int, int] = (45000, 50000),
     prefix: str = "randinit_smaller",
     spec: NetworkSpec = NFN_CIFAR_SPEC,
+    key_format: str | None = None,
     on_error: OnError = "raise",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
@@ -65,6 +66,8 @@ def load_nfn_cifar_inrs(
         split_points: `(val_start, test_start)` network indices.
         prefix: folder name prefix.
         spec: the SIREN architecture (override e.g. `output_offset` if your files need it).
+        key_format: state dict key pattern; None (default) takes weights and biases in file
+            order, as the original pipelines do.
         on_error / cache_dir / progress: as in `load_dws_inrs`.
 
     Returns:
@@ -83,7 +86,8 @@ def load_nfn_cifar_inrs(
     entries = _entries(root, prefix, lo, hi)
     if not entries:
         raise DataError(f"{root}: no {prefix}_<label>s/net<idx>.pth files for split {split!r}")
-    base = load_entries(entries, spec, f"nfn-cifar:{root.name}", split, on_error, cache_dir, progress)
+    base = load_entries(entries, spec, f"nfn-cifar:{root.name}", split, on_error, cache_dir, progress,
+                        key_format)
     if not augmented or split not in ("train", "all"):
         return base
     aug_re = re.compile(re.escape(prefix) + r"_aug(\d+)_\d+s$")
@@ -96,5 +100,5 @@ def load_nfn_cifar_inrs(
     for i in use:
         ents = _entries(root, f"{prefix}_aug{i}", 0, val)
         parts.append(load_entries(ents, spec, f"nfn-cifar:{root.name}:aug{i}", "train", on_error,
-                                  cache_dir, progress))
+                                  cache_dir, progress, key_format))
     return ConcatDataset(parts, name=f"nfn-cifar:{root.name}+aug", split=split)

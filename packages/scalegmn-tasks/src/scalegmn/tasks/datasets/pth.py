@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"missing file {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protocol notices for files we refuse anyway
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt file
         raise DataError(f"{path}: cannot be read as a PyTorch file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
@@ -77,8 +80,28 @@ def _label_of(sd: dict[str, Any], entry: Entry) -> int:
     return int(label)
 
 
-def convert(sd: dict[str, Any], spec: NetworkSpec, entry: Entry) -> Network:
+def in_order(sd: dict[str, Any]) -> dict[str, Any]:
+    """Rename a state dict's parameters to `seq.{i}.{param}` by their order in the file.
+
+    The i-th key containing `weight` and the i-th containing `bias` become layer i (how the
+    original pipelines read NFN's files); other keys are dropped.
+    """
+    ws = [k for k in sd if "weight" in k]
+    bs = [k for k in sd if "bias" in k]
+    out = {f"seq.{i}.weight": sd[k] for i, k in enumerate(ws)}
+    out.update({f"seq.{i}.bias": sd[k] for i, k in enumerate(bs)})
+    return out
+
+
+def convert(sd: dict[str, Any], spec: NetworkSpec, entry: Entry, key_format: str | None = "seq.{i}.{param}") -> Network:
     """A state dict as a `Network` of `spec` (via `scalegmn.weightgraph.from_state_dict`).
+
+    Args:
+        sd: the state dict (numpy arrays).
+        spec: the architecture.
+        entry: the file, for error messages.
+        key_format: the keys' pattern (`{i}` layer, `{param}` weight/bias), or None to take
+            the weights and biases in file order (`in_order`).
 
     Raises:
         DataError: naming the file if keys, shapes or values do not fit (NaN included).
@@ -86,7 +109,9 @@ def convert(sd: dict[str, Any], spec: NetworkSpec, entry: Entry) -> Network:
     from scalegmn.weightgraph import from_state_dict
 
     try:
-        return from_state_dict(sd, spec)
+        if key_format is None:
+            return from_state_dict(in_order(sd), spec)
+        return from_state_dict(sd, spec, key_format=key_format)
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{entry.path} ({entry.where}): {e}") from None
 
@@ -108,6 +133,7 @@ def _cache_key(entries: list[Entry], spec: NetworkSpec, extra: str) -> str:
 def load_entries(
     entries: list[Entry], spec: NetworkSpec, name: str, split: str, on_error: OnError = "raise",
     cache_dir: str | os.PathLike[str] | None = None, progress: bool | None = None,
+    key_format: str | None = "seq.{i}.{param}",
 ) -> StackedDataset:
     """Load every entry into a `StackedDataset` (float32), or memory-map a cached copy.
 
@@ -118,6 +144,7 @@ def load_entries(
         on_error: `"raise"` (default) or `"skip"` (count in `ds.report`).
         cache_dir: where to keep a stacked copy (None: no cache).
         progress: show a progress bar (default: for more than 2,000 files).
+        key_format: state dict key pattern, or None for file order (see `convert`).
 
     Raises:
         DataError: for a bad file when `on_error="raise"`, or if nothing is left.
@@ -125,7 +152,7 @@ def load_entries(
     check_on_error(on_error)
     cache_path = None
     if cache_dir is not None:
-        key = _cache_key(entries, spec, f"{on_error}")
+        key = _cache_key(entries, spec, f"{on_error}|{key_format}")
         cache_path = Path(cache_dir) / f"{name.replace('/', '_')}-{split}-{key}.safetensors"
         if cache_path.is_file():
             return _from_cache(cache_path, spec, name, split)
@@ -140,7 +167,7 @@ def load_entries(
         try:
             sd = load_state_dict(entry.path)
             label = _label_of(sd, entry)
-            net = convert(sd, spec, entry)
+            net = convert(sd, spec, entry, key_format)
         except DataError as e:
             if on_error == "raise":
                 raise

@@ -107,15 +107,7 @@ def spec_from_layout(layout: Any, activation: str, image_size: int = 32, stride:
 
 
 def _entries(layout: Any) -> list[tuple[str, tuple[int, ...]]]:
-    rows = getattr(layout, "entries", None) or getattr(layout, "rows", None) or layout
-    out = []
-    for r in rows:
-        name = getattr(r, "varname", None) or getattr(r, "name", None)
-        if name is None and isinstance(r, dict):
-            name = r.get("varname") or r.get("name")
-        shape = getattr(r, "shape", None) if not isinstance(r, dict) else r.get("shape")
-        out.append((str(name), tuple(int(s) for s in shape)))
-    return out
+    return [(r.varname, tuple(r.shape)) for r in layout]
 
 
 def protocol_split(n: int, split: str) -> NDArray[np.int64]:
@@ -128,7 +120,8 @@ def protocol_split(n: int, split: str) -> NDArray[np.int64]:
     trainval = list(range(half))
     random.Random(0).shuffle(trainval)
     cut = int(0.8 * len(trainval))
-    return np.asarray(sorted(trainval[:cut]) if split == "train" else sorted(trainval[cut:]), dtype=np.int64)
+    # the published order: the shuffled order, not sorted
+    return np.asarray(trainval[:cut] if split == "train" else trainval[cut:], dtype=np.int64)
 
 
 class SmallCNNZooDataset(NetworkDataset):
