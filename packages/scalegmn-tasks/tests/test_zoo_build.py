@@ -123,3 +123,25 @@ def test_parallel_build_equals_serial_build(tmp_path, small_source):
     a, b = Zoo(tmp_path / "a"), Zoo(tmp_path / "b")
     for i in range(12):
         assert a.network(i).equals(b.network(i))
+
+
+def test_cnn_build_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    d = digits()
+    src = ImageSource.from_array(d.images[:200], d.labels[:200], name="digits200")
+    kw = dict(count=4, channels=3, epochs=(1,), batch_sizes=(32,), train_size_range=(60, 120),
+              checkpoints=(0.5, 1.0), test_size=40, shard_size=1, progress=False)
+    build_cnn_zoo(tmp_path / "full", src, **kw)
+
+    def stop(rec):
+        if rec.index == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        build_cnn_zoo(tmp_path / "part", src, on_shard=stop, **kw)
+    _, stats = build_cnn_zoo(tmp_path / "part", src, resume=True, **kw)
+    assert stats.shards_skipped == 2 and stats.shards_built == 2
+    a, b = Zoo(tmp_path / "full"), Zoo(tmp_path / "part")
+    for i in range(len(a)):
+        assert a.network(i).equals(b.network(i))
+    for k in a.columns:
+        np.testing.assert_array_equal(a.columns[k], b.columns[k])
