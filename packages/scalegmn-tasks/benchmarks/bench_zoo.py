@@ -32,7 +32,7 @@ def bench_build(count: int, steps: int, workers: int, compile: bool, batch_size:
     with tempfile.TemporaryDirectory() as tmp:
         load0 = _load()
         t0 = time.perf_counter()
-        _, _stats = build_inr_zoo(Path(tmp) / "z", "mnist5k", count=count, steps=steps,
+        _, stats = build_inr_zoo(Path(tmp) / "z", "mnist5k", count=count, steps=steps,
                                  workers=workers, compile=compile, batch_size=batch_size,
                                  shard_size=max(16, count // (4 * workers)), progress=False)
         seconds = time.perf_counter() - t0
@@ -40,7 +40,9 @@ def bench_build(count: int, steps: int, workers: int, compile: bool, batch_size:
     return {
         "case": f"build {count} INRs, {steps} steps", "workers": workers, "compile": compile,
         "batch_size": batch_size, "seconds": round(seconds, 2),
-        "inrs_per_s": round(count / seconds, 2), "psnr_median_db": round(float(np.median(psnr)), 1),
+        "inrs_per_s": round(count / seconds, 2),
+        "steady_inrs_per_s": round(stats.steady_networks_per_second, 2),
+        "startup_s": round(stats.first_result_seconds or 0.0, 1), "psnr_median_db": round(float(np.median(psnr)), 1),
         "load_before": load0, "load_after": _load(),
     }
 

@@ -58,17 +58,29 @@ class BuildStats:
         networks_built: networks computed in this run (resumed shards excluded).
         shards_built: shards computed in this run.
         shards_skipped: shards a previous run had completed.
+        first_result_seconds: when the first networks were reported done (process start-up
+            and compilation happen before).
+        reported_after_first: networks reported after that moment.
     """
 
     seconds: float = 0.0
     networks_built: int = 0
     shards_built: int = 0
     shards_skipped: int = 0
+    first_result_seconds: float | None = None
+    reported_after_first: int = 0
 
     @property
     def networks_per_second(self) -> float:
         """Throughput of this run."""
         return self.networks_built / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_networks_per_second(self) -> float:
+        """Throughput after the first result, i.e. without start-up and compilation."""
+        if self.first_result_seconds is None or self.seconds <= self.first_result_seconds:
+            return 0.0
+        return self.reported_after_first / (self.seconds - self.first_result_seconds)
 
 
 _QUEUE: Any = None
@@ -218,6 +230,11 @@ def run_build(
 
         def advance(n: int) -> None:
             nonlocal built
+            now = time.perf_counter() - t0
+            if stats.first_result_seconds is None:
+                stats.first_result_seconds = now
+            else:
+                stats.reported_after_first += n
             built += n
             rate = built / max(time.perf_counter() - t0, 1e-9)
             bar.update(bar_id, advance=n, rate=f"{rate:.1f}/s")
