@@ -178,7 +178,7 @@ class StackedDataset(NetworkDataset):
         weights: per layer `(n, *weight_shape)` (PyTorch layout).
         biases: per layer `(n, out)`.
         targets: `(n,)`.
-        name / split / columns / report / cache: see `NetworkDataset`.
+        name: see `NetworkDataset`. (and likewise split, columns, report, cache)
     """
 
     def __init__(

@@ -51,7 +51,7 @@ def iterate_batches(
         ds: a dataset.
         batch_size: networks per batch.
         shuffle: shuffle (a different order per `epoch`, fixed by `seed`).
-        seed / epoch: the shuffle's seed and epoch number.
+        seed: the shuffle's seed and epoch number. (and likewise epoch)
         drop_last: drop a last, smaller batch.
         collate: `"jax"` (`scalegmn.jax.collate`), `"torch"`, `"dense"` (a numpy
             `DenseBatch` from the dataset's graph cache), a callable on a list of
@@ -118,7 +118,7 @@ def torch_dataloader(
 
     Args:
         ds: a dataset.
-        batch_size / shuffle / drop_last / num_workers: as for `DataLoader`.
+        batch_size: as for `DataLoader`. (and likewise shuffle, drop_last, num_workers)
         seed: seeds the shuffle (a `torch.Generator`), so runs repeat exactly.
         collate: list of networks -> model input (default `scalegmn.torch.collate`).
         **kwargs: passed to `DataLoader`.

@@ -68,7 +68,7 @@ def load_nfn_cifar_inrs(
         spec: the SIREN architecture (override e.g. `output_offset` if your files need it).
         key_format: state dict key pattern; None (default) takes weights and biases in file
             order, as the original pipelines do.
-        on_error / cache_dir / progress: as in `load_dws_inrs`.
+        on_error: as in `load_dws_inrs`. (and likewise cache_dir, progress)
 
     Returns:
         A dataset with integer labels (the class in the folder name).

@@ -188,7 +188,7 @@ def write_shard(
         spec_index: index of `spec` in the manifest's `specs`.
         spec: the architecture of every network in the shard.
         start: id of the first network.
-        weights / biases: per layer, stacked `(n, ...)` arrays in PyTorch layout.
+        weights: per layer, stacked `(n, ...)` arrays in PyTorch layout. (and likewise biases)
         columns: per-network columns, each `(n,)`.
 
     Raises:
