@@ -72,7 +72,7 @@ def specs(
             DenseLayer(in_features=a, out_features=b, activation=pick() if k < n_layers - 1 else "identity")  # type: ignore[arg-type]
             for k, (a, b) in enumerate(itertools.pairwise(ws))
         ]
-        return NetworkSpec(layers=layers, input_shape=(ws[0],))
+        return NetworkSpec(layers=list[DenseLayer | ConvLayer](layers), input_shape=(ws[0],))
     n_conv = max(1, n_layers - 1)
     size = draw(st.sampled_from([4, 5, 6]))
     c = draw(st.integers(1, 3))

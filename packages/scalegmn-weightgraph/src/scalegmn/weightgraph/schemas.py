@@ -224,7 +224,7 @@ class NetworkSpec(_Schema):
             raise ValueError(
                 f"layer 0 expects {self.layers[0].n_in} inputs but input_shape is {self.input_shape}"
             )
-        hw = self.input_shape[1:]
+        hw: tuple[int, ...] = self.input_shape[1:]
         for i, layer in enumerate(self.layers):
             if i > 0:
                 prev = self.layers[i - 1]
@@ -327,7 +327,7 @@ class NetworkSpec(_Schema):
             )
             for i, (a, b) in enumerate(itertools.pairwise(widths))
         ]
-        return cls(layers=layers, input_shape=(widths[0],), output_offset=output_offset)
+        return cls(layers=list[DenseLayer | ConvLayer](layers), input_shape=(widths[0],), output_offset=output_offset)
 
     @classmethod
     def siren(

@@ -65,7 +65,7 @@ def _leaves(module: nn.Module, prefix: str = "", root: bool = True) -> list[tupl
 
 def _activation_of(m: nn.Module, path: str) -> tuple[str, dict[str, float]] | None:
     if hasattr(m, "w0") and "sine" in type(m).__name__.lower():
-        return "sine", {"w0": float(m.w0)}
+        return "sine", {"w0": float(m.w0)}  # type: ignore[arg-type]
     for cls, name in _ACT_MODULES.items():
         if isinstance(m, cls):
             if isinstance(m, nn.LeakyReLU):
@@ -164,7 +164,7 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
         for lay in layers[:-1]:
             lay.setdefault("activation", functional)
             if functional == "sine" and hasattr(module, "w0"):
-                lay.setdefault("w0", float(module.w0))
+                lay.setdefault("w0", float(module.w0))  # type: ignore[arg-type]
     n_conv = sum(1 for lay in layers if lay["kind"] == "conv")
     if n_conv and input_shape is None:
         raise UnsupportedLayerError("a conv network needs input_shape=(channels, height, width)")
@@ -226,9 +226,10 @@ def to_torch(network: Network) -> nn.Sequential:
                 mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if spec.pooling == "global_avg" else [nn.Flatten()]
             m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dtype)
         with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.array(w)))
+            lin: Any = m
+            lin.weight.copy_(torch.from_numpy(np.array(w)))
             if layer.bias:
-                m.bias.copy_(torch.from_numpy(np.array(b)))
+                lin.bias.copy_(torch.from_numpy(np.array(b)))
         mods.append(m)
         act = _act_module(layer)
         if act is not None:
