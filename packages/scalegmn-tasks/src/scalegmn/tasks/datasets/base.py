@@ -178,7 +178,11 @@ class StackedDataset(NetworkDataset):
         weights: per layer `(n, *weight_shape)` (PyTorch layout).
         biases: per layer `(n, out)`.
         targets: `(n,)`.
-        name: see `NetworkDataset`. (and likewise split, columns, report, cache)
+        name: a short description.
+        split: the split name.
+        columns: extra per-network metadata, each `(n,)`.
+        report: what was skipped while loading.
+        cache: keep `Network` objects after their first fetch.
     """
 
     def __init__(

@@ -116,8 +116,8 @@ def load_dws_inrs(
         split: `"train"`, `"val"`, `"test"` or `"all"`.
         splits_file: a split JSON (default: `root/splits.json` if it exists, else the
             MNIST folder names decide: `training` -> train/val, `testing` -> test).
-        val_size: without a split file, how many training INRs form the (and likewise seed)
-            validation split and the seed that draws them.
+        val_size: without a split file, how many training INRs form the validation split.
+        seed: the seed that draws them.
         on_error: `"raise"` or `"skip"` bad files (counted in `ds.report`).
         cache_dir: keep a stacked copy here; later loads memory-map it.
         progress: show a progress bar.

@@ -51,7 +51,8 @@ def iterate_batches(
         ds: a dataset.
         batch_size: networks per batch.
         shuffle: shuffle (a different order per `epoch`, fixed by `seed`).
-        seed: the shuffle's seed and epoch number. (and likewise epoch)
+        seed: the shuffle's seed.
+        epoch: the epoch number (each epoch has its own order).
         drop_last: drop a last, smaller batch.
         collate: `"jax"` (`scalegmn.jax.collate`), `"torch"`, `"dense"` (a numpy
             `DenseBatch` from the dataset's graph cache), a callable on a list of
@@ -118,7 +119,10 @@ def torch_dataloader(
 
     Args:
         ds: a dataset.
-        batch_size: as for `DataLoader`. (and likewise shuffle, drop_last, num_workers)
+        batch_size: networks per batch.
+        shuffle: shuffle every epoch.
+        drop_last: drop a last, smaller batch.
+        num_workers: `DataLoader` worker processes.
         seed: seeds the shuffle (a `torch.Generator`), so runs repeat exactly.
         collate: list of networks -> model input (default `scalegmn.torch.collate`).
         **kwargs: passed to `DataLoader`.

@@ -68,7 +68,9 @@ def load_nfn_cifar_inrs(
         spec: the SIREN architecture (override e.g. `output_offset` if your files need it).
         key_format: state dict key pattern; None (default) takes weights and biases in file
             order, as the original pipelines do.
-        on_error: as in `load_dws_inrs`. (and likewise cache_dir, progress)
+        on_error: `"raise"` or `"skip"` bad files (counted in `ds.report`).
+        cache_dir: keep a stacked copy here; later loads memory-map it.
+        progress: show a progress bar.
 
     Returns:
         A dataset with integer labels (the class in the folder name).

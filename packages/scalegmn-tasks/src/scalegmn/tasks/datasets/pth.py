@@ -140,7 +140,8 @@ def load_entries(
     Args:
         entries: the files, in dataset order.
         spec: the architecture every file must have.
-        name / split: recorded on the dataset.
+        name: recorded on the dataset.
+        split: recorded on the dataset.
         on_error: `"raise"` (default) or `"skip"` (count in `ds.report`).
         cache_dir: where to keep a stacked copy (None: no cache).
         progress: show a progress bar (default: for more than 2,000 files).

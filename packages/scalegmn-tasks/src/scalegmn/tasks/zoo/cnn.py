@@ -36,16 +36,21 @@ class CNNZooOptions(BaseModel):
 
     Attributes:
         count: training runs; the zoo holds `count * len(checkpoints)` networks.
-        channels / n_conv: width and depth of the CNN.
+        channels: width (channels of every conv layer).
+        n_conv: depth (number of conv layers).
         image_size: pad images with zeros to this size (None: the source's size).
         activations: drawn uniformly per run.
-        lr_range, weight_decay_range, init_scale_range: log-uniform ranges.
-        batch_sizes, epochs: drawn uniformly per run.
+        lr_range: log-uniform range of the Adam learning rate.
+        weight_decay_range: log-uniform range of the L2 weight decay.
+        init_scale_range: log-uniform range of the initialisation scale.
+        batch_sizes: drawn uniformly per run.
+        epochs: drawn uniformly per run.
         train_size_range: log-uniform number of training images per run (clipped to the pool).
         checkpoints: fractions of a run's training steps at which it is saved (0: at init).
         test_size: test images for the accuracy (from the official test set if the source
             has one, else held out from the source).
-        val_fraction / test_fraction: fractions of runs in the val / test splits of the zoo.
+        val_fraction: fraction of runs in the val split of the zoo.
+        test_fraction: fraction of runs in the test split of the zoo.
         shard_size: runs per shard.
         seed: everything random.
     """
@@ -220,8 +225,10 @@ def train_run(
     Args:
         spec: the architecture.
         hp: hyperparameters from `draw_run`.
-        x_pool / y_pool: `(n, 1, H, W)` training pool and labels.
-        x_test / y_test: the test images and labels.
+        x_pool: `(n, 1, H, W)` training pool.
+        y_pool: `(n,)` its labels.
+        x_test: `(m, 1, H, W)` test images.
+        y_test: `(m,)` their labels.
         checkpoints: fractions of the run's steps at which to save.
     """
     import torch

@@ -35,8 +35,9 @@ class INRZooOptions(BaseModel):
         lr: Adam learning rate.
         batch_size: networks fitted together in one stacked tensor.
         shard_size: networks per shard file (the unit of resume).
-        val_fraction / test_fraction: split sizes (a source's official test set, if it
-            has one, is the test split instead).
+        val_fraction: fraction of networks in the val split.
+        test_fraction: fraction in the test split (a source's official test set, if it has
+            one, is the test split instead).
         seed: selects images, splits and initialisations.
         compile: use `torch.compile` for the fitting step.
     """

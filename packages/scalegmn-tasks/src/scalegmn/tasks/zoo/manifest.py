@@ -85,7 +85,8 @@ class Manifest(_Model):
         categories: for categorical columns, the name of each integer code.
         shards: the complete shards, in any order.
         complete: True once every shard and the columns file are written.
-        columns_file / columns_sha256: the consolidated columns (set when complete).
+        columns_file: the consolidated columns file (set when complete).
+        columns_sha256: its SHA-256.
         split_counts: networks per split (set when complete).
         history: one entry per build run (seconds, networks built, workers, host load).
     """

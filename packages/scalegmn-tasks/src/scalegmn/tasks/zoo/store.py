@@ -188,7 +188,8 @@ def write_shard(
         spec_index: index of `spec` in the manifest's `specs`.
         spec: the architecture of every network in the shard.
         start: id of the first network.
-        weights: per layer, stacked `(n, ...)` arrays in PyTorch layout. (and likewise biases)
+        weights: per layer, stacked `(n, *weight_shape)` arrays in PyTorch layout.
+        biases: per layer, stacked `(n, out)` arrays.
         columns: per-network columns, each `(n,)`.
 
     Raises:
