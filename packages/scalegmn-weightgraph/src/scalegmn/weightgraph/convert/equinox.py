@@ -16,6 +16,12 @@ from ..errors import UnsupportedLayerError
 from ..network import Network
 from ..schemas import ConvLayer, DenseLayer, NetworkSpec
 
+SUPPORTED = (
+    "eqx.nn.MLP, or eqx.nn.Sequential of eqx.nn.Linear, eqx.nn.Conv2d (dilation 1, groups 1) and "
+    "eqx.nn.Lambda holding jax.nn.relu, jnp.tanh, jax.nn.sigmoid, exact GELU, jax.nn.silu, "
+    "jax.nn.softplus, jax.nn.elu, Sine, LeakyReLU, global_avg_pool or flatten"
+)
+
 
 class Sine(eqx.Module):
     """`sin(w0 * x)`, the SIREN activation (usable as `eqx.nn.MLP(activation=Sine(30.0))`)."""
@@ -104,7 +110,7 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
     elif isinstance(model, eqx.nn.Sequential):
         items = list(model.layers)
     else:
-        raise UnsupportedLayerError(f"{type(model).__name__}: expected eqx.nn.MLP or eqx.nn.Sequential")
+        raise UnsupportedLayerError(f"{type(model).__name__} is not supported; supported: {SUPPORTED}")
     layers: list[dict[str, Any]] = []
     ws, bs = [], []
     pooling = None
@@ -117,7 +123,9 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
         elif isinstance(m, eqx.nn.Conv2d):
             w = np.asarray(m.weight)
             if tuple(m.dilation) != (1, 1) or m.groups != 1:
-                raise UnsupportedLayerError(f"layer {k}: Conv2d with dilation or groups")
+                raise UnsupportedLayerError(
+                    f"layer {k}: Conv2d with dilation={tuple(m.dilation)}, groups={m.groups}; supported: {SUPPORTED}"
+                )
             pad = tuple(tuple(int(v) for v in p) for p in m.padding)
             layers.append({"kind": "conv", "in_channels": w.shape[1], "out_channels": w.shape[0],
                            "kernel_size": tuple(w.shape[2:]), "stride": tuple(m.stride), "pads": pad,
@@ -134,7 +142,8 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
                 continue
             act = _act_name(m)
             if act is None:
-                raise UnsupportedLayerError(f"layer {k}: {type(m).__name__} ({fn!r}) is not supported")
+                what = type(m).__name__ if fn is m else f"Lambda({getattr(fn, '__name__', type(fn).__name__)})"
+                raise UnsupportedLayerError(f"layer {k}: {what} is not supported; supported: {SUPPORTED}")
             if act[0] == "identity":
                 continue
             if not layers:

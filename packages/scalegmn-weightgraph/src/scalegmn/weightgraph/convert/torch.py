@@ -124,7 +124,10 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
             biases.append(m.bias.detach().cpu().numpy() if m.bias is not None else np.zeros(m.out_features, dtype=weights[-1].dtype))
         elif isinstance(m, nn.Conv2d):
             if m.dilation != (1, 1) or m.groups != 1 or m.padding_mode != "zeros":
-                raise UnsupportedLayerError(f"{path}: Conv2d with dilation/groups/padding_mode other than 1/1/zeros")
+                raise UnsupportedLayerError(
+                    f"{path}: Conv2d with dilation={m.dilation}, groups={m.groups}, padding_mode={m.padding_mode!r}; "
+                    f"supported: {SUPPORTED}"
+                )
             if layers and layers[-1]["kind"] == "dense":
                 raise UnsupportedLayerError(f"{path}: a Conv2d after a Linear is not a feed-forward CNN we support")
             pad: Any = m.padding if isinstance(m.padding, str) else tuple(m.padding)

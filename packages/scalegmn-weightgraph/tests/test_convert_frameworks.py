@@ -69,6 +69,49 @@ def test_unsupported_layers_are_named(bad):
     assert "supported" in str(err.value) and "1" in str(err.value)
 
 
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
+@pytest.mark.parametrize(("bad", "needle"), [
+    (torch.nn.Conv1d(3, 3, 1), "Conv1d"),
+    (torch.nn.Conv2d(3, 3, 3, dilation=2, padding=2), "dilation=.2, 2."),
+    (torch.nn.Conv2d(3, 3, 1, groups=3), "groups=3"),
+    (_Residual(), "_Residual"),
+    (torch.nn.BatchNorm2d(3), "BatchNorm2d"),
+])
+def test_unsupported_conv_layers_are_named_with_their_path(bad, needle):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Sequential(torch.nn.ReLU(), bad),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1))
+    with pytest.raises(UnsupportedLayerError, match=needle) as err:
+        from_torch(model, input_shape=(3, 6, 6))
+    assert str(err.value).startswith("1.1: ") and "supported: nn.Linear" in str(err.value)
+
+
+def test_unsupported_equinox_layers_are_named():
+    jax = pytest.importorskip("jax")
+    import equinox as eqx
+
+    k = jax.random.key(0)
+    cases = [
+        (eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=k), eqx.nn.LayerNorm(4), eqx.nn.Linear(4, 1, key=k)]),
+         "layer 1: LayerNorm"),
+        (eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=k), eqx.nn.Lambda(jax.numpy.cos), eqx.nn.Linear(4, 1, key=k)]),
+         r"layer 1: Lambda\(cos\)"),
+        (eqx.nn.Sequential([eqx.nn.Conv2d(3, 3, 3, dilation=2, key=k)]), "layer 0: Conv2d with dilation"),
+        (eqx.nn.Linear(3, 4, key=k), "Linear is not supported"),
+    ]
+    for model, needle in cases:
+        with pytest.raises(UnsupportedLayerError, match=needle) as err:
+            from_equinox(model, input_shape=(3, 8, 8))
+        assert "supported: eqx.nn.MLP" in str(err.value)
+
+
 def test_conv_needs_input_shape():
     with pytest.raises(UnsupportedLayerError, match="input_shape"):
         from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2, 1)))
