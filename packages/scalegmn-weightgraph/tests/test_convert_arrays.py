@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wg_strategies import arch
 
 from scalegmn.weightgraph import (
     NetworkError,
@@ -84,3 +85,36 @@ def test_layout_errors_name_the_row(tmp_path):
     rows = parse_layout_csv(text)
     with pytest.raises(NetworkError, match="needs"):
         from_flat(np.zeros(100), rows, NetworkSpec.small_cnn())
+
+
+@settings(max_examples=25, deadline=None)
+@given(arch(), st.integers(0, 999), st.sampled_from([np.float32, np.float64]))
+def test_every_format_round_trips_random_architectures(spec, seed, dtype):
+    net = random_network(spec, seed, dtype=dtype)
+    rows = parse_layout_csv(_layout_text(small_cnn_zoo_layout(spec)))
+    for back in (from_flat(to_flat(net, rows), rows, spec), from_state_dict(to_state_dict(net), spec),
+                 from_arrays(*to_arrays(net), spec=spec)):
+        assert back.equals(net) and back.dtype == net.dtype
+    sd = {k.replace("seq.", "net.layers."): v for k, v in to_state_dict(net).items()}
+    assert from_state_dict(sd, spec, key_format="net.layers.{i}.{param}").equals(net)
+
+
+def test_state_dict_of_torch_tensors():
+    torch = pytest.importorskip("torch")
+    net = random_network(NetworkSpec.siren(), 0, dtype=np.float32)
+    sd = {k: torch.from_numpy(v) for k, v in to_state_dict(net).items()}
+    assert from_state_dict(sd, net.spec).equals(net)
+
+
+def test_array_and_flat_errors_name_the_layer_or_row():
+    net = random_network(NetworkSpec.mlp([3, 4, 2]), 0)
+    w, b = to_arrays(net)
+    with pytest.raises(NetworkError, match="layer 1 has 5 inputs"):
+        from_arrays([w[0], np.zeros((2, 5))], b)
+    spec = NetworkSpec.small_cnn()
+    rows = small_cnn_zoo_layout(spec)
+    swapped = [rows[0].__class__(rows[0].varname, rows[0].start, rows[0].end, (1, 16, 3, 3)), *rows[1:]]
+    with pytest.raises(NetworkError, match=r"sequential/conv2d/kernel:0.*\(3, 3, 1, 16\)"):
+        from_flat(np.zeros(rows[-1].end), swapped, spec)
+    with pytest.raises(NetworkError, match="kernels"):
+        from_flat(np.zeros(rows[-1].end), rows[:-2], spec)

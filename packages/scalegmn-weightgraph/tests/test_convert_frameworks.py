@@ -26,16 +26,17 @@ torch = pytest.importorskip("torch")
 
 
 @settings(max_examples=30, deadline=None)
-@given(arch(), st.integers(0, 999))
-def test_torch_round_trip_exact_and_same_function(spec, seed):
-    net = random_network(spec, seed)
+@given(arch(), st.integers(0, 999), st.sampled_from([np.float32, np.float64]))
+def test_torch_round_trip_exact_and_same_function(spec, seed, dtype):
+    net = random_network(spec, seed, dtype=dtype)
     mod = to_torch(net)
     back = from_torch(mod, input_shape=spec.input_shape if spec.n_conv else None)
-    assert back.equals(net)
-    x = np.random.default_rng(seed).normal(size=(3, *spec.input_shape))
+    assert back.equals(net) and back.dtype == net.dtype
+    x = np.random.default_rng(seed).normal(size=(3, *spec.input_shape)).astype(dtype)
     with torch.no_grad():
         y = mod(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(y, forward(net, x), rtol=1e-10, atol=1e-12)
+    tol = (1e-5, 1e-6) if dtype == np.float32 else (1e-10, 1e-12)
+    np.testing.assert_allclose(y, forward(net, x), rtol=tol[0], atol=tol[1])
 
 
 def test_plain_siren_module_and_dws_convention():
