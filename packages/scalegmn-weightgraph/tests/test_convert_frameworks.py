@@ -35,7 +35,8 @@ def test_torch_round_trip_exact_and_same_function(spec, seed, dtype):
     x = np.random.default_rng(seed).normal(size=(3, *spec.input_shape)).astype(dtype)
     with torch.no_grad():
         y = mod(torch.from_numpy(x)).numpy()
-    tol = (1e-5, 1e-6) if dtype == np.float32 else (1e-10, 1e-12)
+    # float32: pre-activations reach ~10, so outputs near zero carry ~1e-6 absolute rounding
+    tol = (1e-5, 1e-5) if dtype == np.float32 else (1e-10, 1e-12)
     np.testing.assert_allclose(y, forward(net, x), rtol=tol[0], atol=tol[1])
 
 

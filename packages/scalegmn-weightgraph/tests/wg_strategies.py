@@ -9,6 +9,16 @@ from scalegmn.weightgraph import ACTIVATIONS, ConvLayer, DenseLayer, NetworkSpec
 
 @st.composite
 def arch(draw):
+    """A random feed-forward architecture with non-default sine frequency and leaky slope."""
+    spec = draw(_arch())
+    extra = {"sine": {"w0": draw(st.sampled_from([1.0, 7.5, 30.0]))},
+             "leaky_relu": {"negative_slope": draw(st.sampled_from([0.01, 0.2]))}}
+    layers = [la.model_copy(update=extra.get(la.activation, {})) for la in spec.layers]
+    return spec.model_copy(update={"layers": layers})
+
+
+@st.composite
+def _arch(draw):
     act = draw(st.sampled_from(ACTIVATIONS))
     if draw(st.booleans()):
         ws = draw(st.lists(st.integers(1, 64), min_size=2, max_size=6))

@@ -217,8 +217,9 @@ def to_torch(network: Network) -> nn.Sequential:
         if isinstance(layer, ConvLayer):
             t, bo, le, r = layer.pads(*hw)
             pad: Any = layer.padding
-            if layer.padding == "same" and max(layer.stride) > 1:
-                # torch has no 'same' for strided convs: spell TensorFlow's rule out
+            if layer.padding == "same" and (max(layer.stride) > 1 or t != bo or le != r):
+                # torch has no 'same' for strided convs and copies the input for uneven pads:
+                # spell TensorFlow's rule out
                 mods.append(nn.ZeroPad2d((le, r, t, bo)))
                 pad = (0, 0)
             m: nn.Module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
