@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import UnsupportedLayerError
 from ..network import Network
-from ..schemas import ConvLayer, DenseLayer, NetworkSpec
+from ..schemas import ConvLayer
+from ._spec import build_spec
 
 SUPPORTED = (
     "eqx.nn.MLP, or eqx.nn.Sequential of eqx.nn.Linear, eqx.nn.Conv2d (dilation 1, groups 1) and "
@@ -126,10 +127,16 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
                 raise UnsupportedLayerError(
                     f"layer {k}: Conv2d with dilation={tuple(m.dilation)}, groups={m.groups}; supported: {SUPPORTED}"
                 )
-            pad = tuple(tuple(int(v) for v in p) for p in m.padding)
-            layers.append({"kind": "conv", "in_channels": w.shape[1], "out_channels": w.shape[0],
-                           "kernel_size": tuple(w.shape[2:]), "stride": tuple(m.stride), "pads": pad,
-                           "bias": m.bias is not None})
+            (t, b), (le, r) = (tuple(int(v) for v in p) for p in m.padding)
+            entry: dict[str, Any] = {"kind": "conv", "in_channels": w.shape[1], "out_channels": w.shape[0],
+                                     "kernel_size": tuple(w.shape[2:]), "stride": tuple(m.stride),
+                                     "bias": m.bias is not None}
+            # equinox stores explicit pads: symmetric ones stay explicit, uneven ones must be "same"
+            if t == b and le == r:
+                entry["padding"] = (t, le)
+            else:
+                entry["explicit_pads"] = (t, b, le, r)
+            layers.append(entry)
             ws.append(w)
             bs.append(np.asarray(m.bias).reshape(-1) if m.bias is not None else np.zeros(w.shape[0], w.dtype))
         else:
@@ -150,27 +157,7 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
                 raise UnsupportedLayerError(f"layer {k}: activation before any layer")
             layers[-1]["activation"] = act[0]
             layers[-1].update(act[1])
-    n_conv = sum(1 for lay in layers if lay["kind"] == "conv")
-    if n_conv and input_shape is None:
-        raise UnsupportedLayerError("a conv network needs input_shape=(channels, height, width)")
-    shape = tuple(input_shape) if input_shape is not None else (layers[0]["in_features"],)
-    hw = shape[1:]
-    built: list[DenseLayer | ConvLayer] = []
-    for lay in layers:
-        kind = lay.pop("kind")
-        if kind == "conv":
-            (t, b), (le, r) = lay.pop("pads")
-            if t == b and le == r:
-                conv = ConvLayer(**lay, padding=(t, le))
-            else:
-                conv = ConvLayer(**lay, padding="same")
-                if conv.pads(*hw) != (t, b, le, r):
-                    raise UnsupportedLayerError(f"asymmetric padding {((t, b), (le, r))} is not TensorFlow 'same'")
-            hw = conv.output_hw(*hw)
-            built.append(conv)
-        else:
-            built.append(DenseLayer(**lay))
-    spec = NetworkSpec(layers=built, input_shape=shape, pooling=pooling if n_conv and n_conv < len(built) else None)  # type: ignore[arg-type]
+    spec = build_spec(layers, input_shape, pooling)
     return Network(spec, ws, bs)
 
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from ..errors import UnsupportedLayerError
 from ..network import Network
-from ..schemas import ConvLayer, DenseLayer, NetworkSpec
+from ..schemas import ConvLayer, DenseLayer
+from ._spec import build_spec
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (dilation 1, groups 1, zero padding), nn.ZeroPad2d before a Conv2d, "
@@ -131,16 +132,17 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
             if layers and layers[-1]["kind"] == "dense":
                 raise UnsupportedLayerError(f"{path}: a Conv2d after a Linear is not a feed-forward CNN we support")
             pad: Any = m.padding if isinstance(m.padding, str) else tuple(m.padding)
-            if pad == "same":
-                pad = "same"
+            entry: dict[str, Any] = {"kind": "conv", "in_channels": m.in_channels, "out_channels": m.out_channels,
+                                     "kernel_size": tuple(m.kernel_size), "stride": tuple(m.stride),
+                                     "bias": m.bias is not None}
             if pending_pad is not None:
                 if pad not in ((0, 0), "valid"):
                     raise UnsupportedLayerError(f"{path}: ZeroPad2d followed by a padded Conv2d")
-                pad = ("zeropad", pending_pad)
+                entry["explicit_pads"] = pending_pad
                 pending_pad = None
-            layers.append({"kind": "conv", "in_channels": m.in_channels, "out_channels": m.out_channels,
-                           "kernel_size": tuple(m.kernel_size), "stride": tuple(m.stride), "padding": pad,
-                           "bias": m.bias is not None})
+            else:
+                entry["padding"] = pad
+            layers.append(entry)
             weights.append(m.weight.detach().cpu().numpy())
             biases.append(m.bias.detach().cpu().numpy() if m.bias is not None else np.zeros(m.out_channels, dtype=weights[-1].dtype))
         elif isinstance(m, nn.ZeroPad2d):
@@ -168,30 +170,7 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
             lay.setdefault("activation", functional)
             if functional == "sine" and hasattr(module, "w0"):
                 lay.setdefault("w0", float(module.w0))  # type: ignore[arg-type]
-    n_conv = sum(1 for lay in layers if lay["kind"] == "conv")
-    if n_conv and input_shape is None:
-        raise UnsupportedLayerError("a conv network needs input_shape=(channels, height, width)")
-    shape = tuple(input_shape) if input_shape is not None else (layers[0]["in_features"],)
-    hw = shape[1:]
-    built: list[DenseLayer | ConvLayer] = []
-    for lay in layers:
-        kind = lay.pop("kind")
-        if kind == "conv":
-            pad = lay["padding"]
-            if isinstance(pad, tuple) and pad and pad[0] == "zeropad":
-                probe = ConvLayer(**{**lay, "padding": "same"})
-                if probe.pads(*hw) != pad[1]:
-                    raise UnsupportedLayerError(f"ZeroPad2d{pad[1]} is not TensorFlow 'same' padding for a {hw} map")
-                lay["padding"] = "same"
-            elif pad == "same" and max(lay["stride"]) > 1:
-                raise UnsupportedLayerError("Conv2d(padding='same') with stride > 1")
-            conv = ConvLayer(**lay)
-            hw = conv.output_hw(*hw)
-            built.append(conv)
-        else:
-            built.append(DenseLayer(**lay))
-    spec = NetworkSpec(layers=built, input_shape=shape, pooling=pooling if n_conv and n_conv < len(built) else None,  # type: ignore[arg-type]
-                       output_offset=offset)
+    spec = build_spec(layers, input_shape, pooling, offset)
     return Network(spec, weights, biases)
 
 
