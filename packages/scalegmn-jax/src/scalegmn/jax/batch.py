@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 import jax.numpy as jnp
-from scalegmn.weightgraph import Network, activation_group, from_graph_batch, to_graph_batch
+from scalegmn.weightgraph import Network, activation_group, split_graph_features, to_graph_batch
 
 GROUP_CODE = {"permutation": 0, "scale": 1, "sign": 2, "nonzero": 3}
 
@@ -38,27 +38,7 @@ class GraphBatch(eqx.Module):
 
     def to_networks(self, node_features: Array, edge_features: Array) -> list[Network]:
         """Decode features laid out like this batch (an equivariant head's output) to networks."""
-        gb = to_graph_batch_cache(self)
-        return from_graph_batch(gb, np.asarray(node_features), np.asarray(edge_features))
-
-
-_CACHE: dict[int, object] = {}
-
-
-def to_graph_batch_cache(batch: GraphBatch):  # type: ignore[no-untyped-def]
-    """The numpy disjoint union behind a batch (rebuilt from the specs for decoding)."""
-    from scalegmn.weightgraph import layout
-
-    node_ptr = np.concatenate([[0], np.cumsum([layout(s).n_nodes for s in batch.specs])])
-    edge_ptr = np.concatenate([[0], np.cumsum([layout(s).n_edges for s in batch.specs])])
-
-    class _GB:  # the three fields from_graph_batch reads
-        pass
-
-    gb = _GB()
-    gb.specs, gb.node_ptr, gb.edge_ptr = batch.specs, node_ptr, edge_ptr  # type: ignore[attr-defined]
-    gb.node_features, gb.edge_features = np.asarray(batch.node_features), np.asarray(batch.edge_features)  # type: ignore[attr-defined]
-    return gb
+        return split_graph_features(self.specs, np.asarray(node_features), np.asarray(edge_features))
 
 
 def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None) -> GraphBatch:

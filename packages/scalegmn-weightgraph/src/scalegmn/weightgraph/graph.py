@@ -522,12 +522,29 @@ def from_graph_batch(
     batch: GraphBatch, node_features: NDArray | None = None, edge_features: NDArray | None = None
 ) -> list[Network]:
     """Split a disjoint-union batch (or new features laid out like it) back into networks."""
-    node = batch.node_features if node_features is None else np.asarray(node_features)
-    edge = batch.edge_features if edge_features is None else np.asarray(edge_features)
+    node = batch.node_features if node_features is None else node_features
+    edge = batch.edge_features if edge_features is None else edge_features
+    return split_graph_features(batch.specs, node, edge)
+
+
+def split_graph_features(specs: Sequence[NetworkSpec], node_features: NDArray, edge_features: NDArray) -> list[Network]:
+    """Decode features of a disjoint union of graphs of `specs` (in order) into networks.
+
+    Args:
+        specs: the architecture of each graph.
+        node_features: `[sum N, 1]`.
+        edge_features: `[sum E, d_e]` (edge vectors may be padded beyond each graph's own `d_e`).
+    """
+    node, edge = np.asarray(node_features), np.asarray(edge_features)
     out = []
-    for k, spec in enumerate(batch.specs):
+    n0 = e0 = 0
+    for spec in specs:
         lay = layout(spec)
-        n = node[batch.node_ptr[k] : batch.node_ptr[k + 1]]
-        e = edge[batch.edge_ptr[k] : batch.edge_ptr[k + 1], : lay.d_edge]
-        out.append(from_graph((n, e), spec))
+        n1, e1 = n0 + lay.n_nodes, e0 + lay.n_edges
+        out.append(from_graph((node[n0:n1], edge[e0:e1, : lay.d_edge]), spec))
+        n0, e0 = n1, e1
+    if (n0, e0) != (node.shape[0], edge.shape[0]):
+        raise GraphError(
+            f"features have {node.shape[0]} nodes / {edge.shape[0]} edges; the specs' graphs have {n0} / {e0}"
+        )
     return out
