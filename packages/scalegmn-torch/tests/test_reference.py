@@ -102,9 +102,11 @@ def reference(model, networks: list[Network]) -> Tensor | tuple[list[Tensor], li
             parts = [h, M]
             if cfg.bidirectional:
                 rb = F.linear(h[dst], P[f"{pre}.bwd.rescale.a.weight"]) * F.linear(e, P[f"{pre}.bwd.rescale.b.weight"])
-                if cfg.symmetry != "permutation":
-                    c = h[src].square().sum(-1) / h[dst].square().sum(-1).clamp_min(cfg.norm_eps**2)
-                    rb = rb * c[:, None]
+                n = h.square().sum(-1)
+                cont = (grp == 1) | (grp == 3)
+                c = torch.where(cont[src], n[src], 1.0) / torch.where(
+                    cont[dst], n[dst].clamp_min(cfg.norm_eps**2), 1.0)
+                rb = rb * c[:, None]
                 zb = torch.cat([h[src], rb], -1) if cfg.message_receiver else rb
                 mb = scale_eq(P, f"{pre}.bwd.msg", zb, grp[src], cfg)
                 parts.append(torch.zeros(N, d, dtype=h.dtype).index_add(0, src, mb))

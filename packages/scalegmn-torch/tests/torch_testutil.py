@@ -109,7 +109,7 @@ def naive_bidirectional(model: ScaleGMN) -> ScaleGMN:
     """
     model.fused = False
 
-    def rescale(self, hs: Tensor, ht: Tensor, y: Tensor, blk) -> Tensor:  # type: ignore[no-untyped-def]
+    def rescale(self, hs: Tensor, ht: Tensor, y: Tensor, blk, gs, gt) -> Tensor:  # type: ignore[no-untyped-def]
         return blk.dst(F.linear(ht, self.bwd.rescale.a.weight)) * y
 
     for layer in model.layers:

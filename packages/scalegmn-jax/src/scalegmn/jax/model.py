@@ -124,9 +124,12 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch,
         parts = [h, _segment_sum(m, dst, N)]
         if cfg.bidirectional:
             rb = _linear(h[dst], P[f"{pre}.bwd.rescale.a.weight"]) * _linear(e, P[f"{pre}.bwd.rescale.b.weight"])
-            if cfg.symmetry != "permutation" and not _NAIVE_BACKWARD:
+            if not _NAIVE_BACKWARD:
+                # c_ji: squared norms only where the group has continuous multipliers.
                 sq = jnp.sum(h * h, -1)
-                c = sq[src] / jnp.maximum(sq[dst], cfg.norm_eps**2)
+                cont = (grp == 1) | (grp == 3)
+                c = jnp.where(cont[src], sq[src], 1.0) / jnp.where(
+                    cont[dst], jnp.maximum(sq[dst], cfg.norm_eps**2), 1.0)
                 rb = rb * c[:, None]
             zb = jnp.concatenate([h[src], rb], -1) if cfg.message_receiver else rb
             mb = cx.scale_eq(f"{pre}.bwd.msg", zb, grp[src])

@@ -79,15 +79,23 @@ class GMNLayer(nn.Module):
                            cfg.mlp_activation, cfg.layer_norm, cfg.dropout)
         self.edge = EdgeUpdate(cfg) if edge_update else None
 
-    def backward_rescale(self, hs: Tensor, ht: Tensor, y: Tensor, blk: EdgeBlock) -> Tensor:
-        """`ReScaleEq_bwd(h_i, e_ji) * c_ji` on the edges of `blk` (`y = b e_ji`)."""
+    def backward_rescale(self, hs: Tensor, ht: Tensor, y: Tensor, blk: EdgeBlock, gs: Grp, gt: Grp
+                         ) -> Tensor:
+        """`ReScaleEq_bwd(h_i, e_ji) * c_ji` on the edges of `blk` (`y = b e_ji`).
+
+        `c_ji = n_j / n_i` splits into a source factor `n_j` (`||h_j||^2` where the sender's
+        group has continuous multipliers, else 1) and a target factor `n_i` (the same with
+        `max(||h_i||, norm_eps)^2`); sign and trivial nodes need no correction (`q^2 = 1`).
+        """
         assert self.bwd is not None
         a = F.linear(ht, self.bwd.rescale.a.weight)
-        if self.cfg.symmetry == "permutation":
-            return blk.dst(a) * y
-        # c_ji = ||h_j||^2 / max(||h_i||^2, eps) splits into a source and a target factor.
-        a = a / ht.square().sum(-1, keepdim=True).clamp_min(self.cfg.norm_eps**2)
-        return blk.dst(a) * y * blk.src(hs.square().sum(-1, keepdim=True))
+        if gt.any_norm:
+            sq_t = ht.square().sum(-1, keepdim=True).clamp_min(self.cfg.norm_eps**2)
+            a = a / _where_norm(gt.norm, sq_t)
+        out = blk.dst(a) * y
+        if gs.any_norm:
+            out = out * blk.src(_where_norm(gs.norm, hs.square().sum(-1, keepdim=True)))
+        return out
 
     def forward(
         self, h: list[Tensor], e: list[Tensor], grp: list[Grp], blocks: list[EdgeBlock],
@@ -140,7 +148,7 @@ class GMNLayer(nn.Module):
                          grp[blk.t].map(blk.dst), eps, sym)
             agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
             if self.bwd is not None:
-                rb = self.backward_rescale(hs, ht, y[..., d : 2 * d], blk)
+                rb = self.backward_rescale(hs, ht, y[..., d : 2 * d], blk, grp[blk.s], grp[blk.t])
                 mb = scale_eq(self.bwd.msg, hs if cfg.message_receiver else None, blk.src, rb,
                               grp[blk.s].map(blk.src), eps, sym)
                 agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
@@ -182,10 +190,10 @@ class GMNLayer(nn.Module):
             if self.bwd is not None:
                 w_n, rest = params[1]
                 a = F.linear(ht, self.bwd.rescale.a.weight)
-                cr = None
-                if cfg.symmetry != "permutation":
+                # c_ji as in `backward_rescale` (one constant group per node set here).
+                if gt.norm:
                     a = a / sq[t].clamp_min(eps**2).unsqueeze(-1)
-                    cr = sq[s]
+                cr = sq[s] if gs.norm else None
                 flat += [a, None if w_n is None else F.linear(hs, w_n),
                          sq[s] if (gs.norm and w_n is not None) else None, cr, *rest]
                 meta.append(fz.Dir(1, 2, bool(gs.norm), bool(gs.flip), eps))
@@ -227,6 +235,13 @@ class GMNLayer(nn.Module):
             out = gam * v
             new_e.append(out + eb if cfg.skip_connections else out)
         return new_h, new_e
+
+
+def _where_norm(norm: bool | Tensor, sq: Tensor) -> Tensor:
+    """`sq` on rows whose group normalises (scale, nonzero), 1 elsewhere."""
+    if isinstance(norm, Tensor):
+        return torch.where(norm > 0, sq, torch.ones_like(sq))
+    return sq
 
 
 def _ident(x: Tensor) -> Tensor:
