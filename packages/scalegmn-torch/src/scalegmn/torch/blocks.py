@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,11 @@ class MLP(nn.Module):
         dropout: dropout probability after each activation.
     """
 
+    lin: nn.ModuleList
+    """The `n_hidden + 1` Linears (`nn.Linear` with bias); read them with `linear`."""
+    norm: nn.ModuleList | None
+    """The LayerNorms before each hidden activation, or `None`."""
+
     def __init__(
         self,
         d_in: int,
@@ -64,6 +70,10 @@ class MLP(nn.Module):
         """Number of hidden layers."""
         return len(self.lin) - 1
 
+    def linear(self, k: int) -> nn.Linear:
+        """Linear `k` of the MLP (`0` reads the input)."""
+        return cast(nn.Linear, self.lin[k])
+
     def hidden(self, k: int, pre: Tensor) -> Tensor:
         """Hidden layer `k` from its pre-activation including the bias: `[..., d_hidden]`."""
         if self.norm is not None:
@@ -75,15 +85,15 @@ class MLP(nn.Module):
 
     def tail(self, pre: Tensor, start: int = 0) -> Tensor:
         """The MLP from the output of Linear `start` without its bias: `[..., d_out]`."""
-        x = pre + self.lin[start].bias
+        x = pre + self.linear(start).bias
         for k in range(start, self.n_hidden):
             x = self.hidden(k, x)
-            x = self.lin[k + 1](x)
+            x = self.linear(k + 1)(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the MLP: `[..., d_in] -> [..., d_out]`."""
-        return self.tail(F.linear(x, self.lin[0].weight))
+        return self.tail(F.linear(x, self.linear(0).weight))
 
 
 class ScaleEq(nn.Module):
@@ -169,7 +179,7 @@ def inv_tail(mlp: MLP, pre: Tensor, grp: Grp, sign: Tensor | None, symmetrize: b
         assert sign is not None
         return mlp.tail(pre * sign)
     flip = grp.flip
-    lin0 = mlp.lin[0]
+    lin0 = mlp.linear(0)
     if mlp.n_hidden == 0:
         if isinstance(flip, Tensor):
             return pre * (1 - flip) + lin0.bias * (1 + flip)
@@ -177,7 +187,7 @@ def inv_tail(mlp: MLP, pre: Tensor, grp: Grp, sign: Tensor | None, symmetrize: b
     if mlp.n_hidden == 1:
         a = mlp.hidden(0, pre + lin0.bias)
         b = mlp.hidden(0, lin0.bias - pre)
-        last = mlp.lin[1]
+        last = mlp.linear(1)
         if isinstance(flip, Tensor):
             return F.linear(a + b * flip, last.weight) + last.bias * (1 + flip)
         return F.linear(a + b, last.weight, 2 * last.bias)
@@ -188,7 +198,7 @@ def inv_tail(mlp: MLP, pre: Tensor, grp: Grp, sign: Tensor | None, symmetrize: b
 
 def scale_inv(mlp: MLP, x: Tensor, grp: Grp, eps: float, symmetrize: bool) -> Tensor:
     """`ScaleInv_G(x)` of node-level rows `x` `[..., d_in] -> [..., d_out]`."""
-    pre = F.linear(x, mlp.lin[0].weight)
+    pre = F.linear(x, mlp.linear(0).weight)
     f = norm_factor(x.square().sum(-1, keepdim=True), grp, eps) if grp.any_norm else None
     if f is not None:
         pre = pre * f
@@ -214,7 +224,7 @@ def scale_eq(
     Returns:
         `[..., d]` per row.
     """
-    wg, w0 = mod.gamma.weight, mod.inv.lin[0].weight
+    wg, w0 = mod.gamma.weight, mod.inv.linear(0).weight
     d = wg.shape[0]
     n_node = 0 if node is None else node.shape[-1]
     gp: Tensor | None = None

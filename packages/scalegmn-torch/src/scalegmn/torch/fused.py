@@ -12,8 +12,9 @@ The math is exactly that of `layer.py` (tests compare values and gradients).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -99,6 +100,16 @@ class MsgMeta:
 
 _N_DIR = 8  # per direction: S, Rn, sqr, cr, Wr, b1, W2, b2
 
+_DirArgs = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor, Tensor, Tensor, Tensor]
+
+
+def _dir_args(flat: Sequence[Tensor | None], k: int) -> _DirArgs:
+    """The `_N_DIR` inputs of direction `k` (or their gradients); only Rn, sqr, cr may be None."""
+    S, Rn, sqr, cr, Wr, b1, W2, b2 = flat[k * _N_DIR : (k + 1) * _N_DIR]
+    assert S is not None and Wr is not None and b1 is not None and W2 is not None
+    assert b2 is not None
+    return S, Rn, sqr, cr, Wr, b1, W2, b2
+
 
 class MessageFn(torch.autograd.Function):
     """Aggregated messages of one weight layer in one or two directions.
@@ -124,7 +135,7 @@ class MessageFn(torch.autograd.Function):
             y = _WS.get("Y", (cc * n * m, wy.shape[0]), e)
             torch.mm(e[b0:b1_].reshape(-1, d), wy.t(), out=y)
             for k, dr in enumerate(meta.dirs):
-                S, Rn, sqr, cr, Wr, bb1, W2, b2 = flat[k * _N_DIR : (k + 1) * _N_DIR]
+                S, Rn, sqr, cr, Wr, bb1, W2, b2 = _dir_args(flat, k)
                 yd = y[:, k * d : (k + 1) * d].view(cc, n, m, d)
                 st = _dir_forward(dr, meta.act, yd, _sl(S, b0, b1_), _sl(Rn, b0, b1_),
                                   _sl(sqr, b0, b1_), _sl(cr, b0, b1_), Wr, bb1, W2, b2)
@@ -153,8 +164,8 @@ class MessageFn(torch.autograd.Function):
             torch.mm(ec, wy.t(), out=y)
             dy = _WS.get("DY", (cc * n * m, wy.shape[0]), e)
             for k, dr in enumerate(meta.dirs):
-                S, Rn, sqr, cr, Wr, bb1, W2, b2 = flat[k * _N_DIR : (k + 1) * _N_DIR]
-                gS, gRn, gsqr, gcr, gWr, gb1, gW2, gb2 = dflat[k * _N_DIR : (k + 1) * _N_DIR]
+                S, Rn, sqr, cr, Wr, bb1, W2, b2 = _dir_args(flat, k)
+                gS, gRn, gsqr, gcr, gWr, gb1, gW2, gb2 = _dir_args(dflat, k)
                 yd = y[:, k * d : (k + 1) * d].view(cc, n, m, d)
                 dyd = dy[:, k * d : (k + 1) * d].view(cc, n, m, d)
                 g_out = grads[k]
@@ -174,6 +185,10 @@ class MessageFn(torch.autograd.Function):
         return (None, de, dwy, *dflat)
 
 
+@overload
+def _sl(t: Tensor, b0: int, b1: int) -> Tensor: ...
+@overload
+def _sl(t: Tensor | None, b0: int, b1: int) -> Tensor | None: ...
 def _sl(t: Tensor | None, b0: int, b1: int) -> Tensor | None:
     return None if t is None else t[b0:b1]
 

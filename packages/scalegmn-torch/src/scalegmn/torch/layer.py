@@ -164,12 +164,12 @@ class GMNLayer(nn.Module):
         w_y = torch.cat([dr.rescale.b.weight for dr in dirs])
         params = []
         for dr in dirs:
-            wg, w0 = dr.msg.gamma.weight, dr.msg.inv.lin[0].weight
+            wg, w0 = dr.msg.gamma.weight, dr.msg.inv.linear(0).weight
             if cfg.message_receiver:
                 w_r, w_n = torch.cat([wg[:, d:], w0[:, d:]]), torch.cat([wg[:, :d], w0[:, :d]])
             else:
                 w_r, w_n = torch.cat([wg, w0]), None
-            lin0, lin1 = dr.msg.inv.lin[0], dr.msg.inv.lin[1]
+            lin0, lin1 = dr.msg.inv.linear(0), dr.msg.inv.linear(1)
             params.append((w_n, [w_r, lin0.bias, lin1.weight, lin1.bias]))
         sq = [hk.square().sum(-1) for hk in h]
         agg_f: list[Tensor | None] = [None] * len(h)
@@ -217,12 +217,12 @@ class GMNLayer(nn.Module):
             new_h.append(out + hk if cfg.skip_connections else out)
         if self.edge is None:
             return new_h, e
-        w1 = self.edge.mlp.lin[0].weight
+        w1 = self.edge.mlp.linear(0).weight
         inv = [scale_inv(self.edge.inv, hk, g, eps, sym) for hk, g in zip(new_h, grp, strict=True)]
         p_src = [F.linear(v, w1[:, :d]) for v in inv]
         p_dst = [F.linear(v, w1[:, d:]) for v in inv]
         if fused:
-            lin0, lin1 = self.edge.mlp.lin[0], self.edge.mlp.lin[1]
+            lin0, lin1 = self.edge.mlp.linear(0), self.edge.mlp.linear(1)
             return new_h, [
                 fz.EdgeUpdateFn.apply(cfg.mlp_activation, cfg.skip_connections, eb, p_src[blk.s],
                                       p_dst[blk.t], self.edge.gamma.weight, lin0.bias,

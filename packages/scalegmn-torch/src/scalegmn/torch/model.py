@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,12 @@ class ScaleGMN(nn.Module):
             self.pe_edge_hidden = table(cfg.max_hidden_layers, 1.0)
             self.pe_edge_out = table(cfg.max_out_nodes, 1.0)
         last_edge = cfg.edge_update and cfg.head == "equivariant"
-        self.layers = nn.ModuleList(
+        self.layers: nn.ModuleList = nn.ModuleList(
             GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge))
             for t in range(cfg.n_layers)
         )
+        # `readout` / `head` are plain containers: their children are read through the typed
+        # accessors below, and their attribute names are the checkpoint's parameter names.
         if cfg.head == "invariant":
             self.readout = nn.Module()
             if cfg.readout == "full_graph":
@@ -75,6 +77,26 @@ class ScaleGMN(nn.Module):
         self._checked: set[str] = set()
         self.fused = True
         """Use the fused per-edge kernels on dense batches where they apply (same results)."""
+
+    # ------------------------------------------------------------------ typed children
+    def _layers(self) -> Iterable[GMNLayer]:
+        return cast(Iterable[GMNLayer], self.layers)
+
+    def _readout_inv(self) -> MLP:
+        """The node ScaleInv of the `full_graph` readout."""
+        return cast(MLP, self.readout.inv)
+
+    def _readout_mlp(self) -> MLP:
+        return cast(MLP, self.readout.mlp)
+
+    def _head_node(self) -> nn.Linear:
+        return cast(nn.Linear, self.head.node)
+
+    def _head_edge(self) -> nn.Linear:
+        return cast(nn.Linear, self.head.edge)
+
+    def _head_alpha(self) -> nn.Parameter:
+        return cast(nn.Parameter, self.head.alpha)
 
     # ------------------------------------------------------------------ checks
     def check_batch(self, batch: Graphs) -> None:
@@ -144,7 +166,7 @@ class ScaleGMN(nn.Module):
              blocks: list[EdgeBlock], fused: bool) -> tuple[list[Tensor], list[Tensor]]:
         fused = (fused and all(isinstance(g.norm, bool) for g in grp)
                  and all(isinstance(g.flip, bool) for g in grp))
-        for layer in self.layers:
+        for layer in self._layers():
             h, e = layer(h, e, grp, blocks, fused=fused and layer.fusable())
         return h, e
 
@@ -194,19 +216,19 @@ class ScaleGMN(nn.Module):
         if cfg.readout == "last_layer":
             out = F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])).flatten(1)
         else:
-            hid = [scale_inv(self.readout.inv, h[k], grp[k], cfg.norm_eps,
+            hid = [scale_inv(self._readout_inv(), h[k], grp[k], cfg.norm_eps,
                              cfg.sign_canon == "symmetrize").sum(1) for k in range(1, L)]
             hidden = torch.stack(hid).sum(0) if hid else h[0].new_zeros(h[0].shape[0], cfg.d_hidden)
             out = torch.cat([hidden, h[0].sum(1), h[L].sum(1)], -1)
-        return self.readout.mlp(out)
+        return self._readout_mlp()(out)
 
     def _edit_dense(self, b: DenseGraphs, h: list[Tensor], e: list[Tensor]) -> DenseGraphs:
         L = b.n_layers
-        alpha = self.head.alpha
+        alpha = self._head_alpha()
         nodes = [b.layer_nodes(0)]
         for k in range(1, L + 1):
-            nodes.append(b.layer_nodes(k) + alpha[k - 1] * F.linear(h[k], self.head.node.weight))
-        wedge = self.head.edge.weight[: b.d_edge]
+            nodes.append(b.layer_nodes(k) + alpha[k - 1] * F.linear(h[k], self._head_node().weight))
+        wedge = self._head_edge().weight[: b.d_edge]
         edges = []
         for l in range(1, L + 1):  # noqa: E741
             mask = b.edge_mask[b.edge_offsets[l - 1]].to(e[l - 1].dtype)
@@ -255,23 +277,23 @@ class ScaleGMN(nn.Module):
         h, e = hs[0], es[0]
         B = len(b)
         if cfg.head == "equivariant":
-            alpha = self.head.alpha
-            dn = F.linear(h, self.head.node.weight) * alpha[(b.node_layer - 1).clamp_min(0)][:, None]
+            alpha = self._head_alpha()
+            dn = F.linear(h, self._head_node().weight) * alpha[(b.node_layer - 1).clamp_min(0)][:, None]
             node = b.node_features + torch.where((role == 0)[:, None], torch.zeros_like(dn), dn)
-            de = F.linear(e, self.head.edge.weight[: b.d_edge]) * b.edge_mask.to(dtype)
+            de = F.linear(e, self._head_edge().weight[: b.d_edge]) * b.edge_mask.to(dtype)
             edge = b.edge_features + alpha[b.edge_layer - 1][:, None] * de
             return b.with_features(node, edge)
         if cfg.readout == "last_layer":
             flat = b.node_batch * cfg.max_out_nodes + b.node_pos
             sel = role == 2
             out = h.new_zeros(B * cfg.max_out_nodes, cfg.d_hidden).index_add(0, flat[sel], h[sel])
-            return self.readout.mlp(out.view(B, -1))
-        inv = scale_inv(self.readout.inv, h, grp[0], cfg.norm_eps, cfg.sign_canon == "symmetrize")
+            return self._readout_mlp()(out.view(B, -1))
+        inv = scale_inv(self._readout_inv(), h, grp[0], cfg.norm_eps, cfg.sign_canon == "symmetrize")
         parts = []
         for r, v in ((1, inv), (0, h), (2, h)):
             sel = role == r
             parts.append(h.new_zeros(B, cfg.d_hidden).index_add(0, b.node_batch[sel], v[sel]))
-        return self.readout.mlp(torch.cat(parts, -1))
+        return self._readout_mlp()(torch.cat(parts, -1))
 
 
 def _src_dense(x: Tensor) -> Tensor:
