@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from scalegmn.tasks.cli import app
-from scalegmn.tasks.train import RunConfig, prepare_inputs, train_run
+from scalegmn.tasks.train import (
+    STATE_FILE,
+    RunConfig,
+    TrainError,
+    evaluate_run,
+    kendall_tau,
+    prepare_inputs,
+    train_run,
+)
 from scalegmn.tasks.zoo import build_inr_zoo
 from scalegmn.weightgraph import ScaleGMNConfig
 
@@ -54,5 +67,111 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path):
 def test_zoo_that_does_not_fit_the_model_is_refused(tiny_zoo):
     cfg = RunConfig(zoo=str(tiny_zoo), model="scalegmn", epochs=1,
                     gmn=ScaleGMNConfig(d_hidden=8, n_layers=1, d_out=10, max_hidden_layers=1, positional_encoding=True))
-    with pytest.raises(ValueError, match="max_hidden_layers"):
+    with pytest.raises(TrainError, match="max_hidden_layers"):
         train_run(cfg, progress=False)
+
+
+def _small(zoo, **kw):
+    base = dict(zoo=str(zoo), model="scalegmn", epochs=3, batch_size=8, warmup_steps=2, threads=1,
+                gmn=ScaleGMNConfig(d_hidden=8, n_layers=1, d_out=10, bidirectional=True, dropout=0.1))
+    return RunConfig(**{**base, **kw})
+
+
+def _state(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / STATE_FILE))
+
+
+def test_a_killed_run_resumes_exactly(tiny_zoo, tmp_path):
+    cfg = _small(tiny_zoo)
+    full = train_run(cfg, out=tmp_path / "full", progress=False)
+
+    def kill(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, out=tmp_path / "part", progress=False, on_epoch=kill)
+    resumed = train_run(cfg, out=tmp_path / "part", resume=True, progress=False)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics log holds each epoch once
+    rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert (tmp_path / "part" / "curves.png").stat().st_size > 0
+    # the best model of the run reproduces the reported test metric
+    value, metric = evaluate_run(tmp_path / "part", "test")
+    assert metric == "accuracy" and value == pytest.approx(resumed["test"])
+
+
+def test_resume_without_state_differs(tiny_zoo, tmp_path):
+    """Negative control: a fresh start after the kill does not give the uninterrupted run."""
+    cfg = _small(tiny_zoo, epochs=2)
+    full = train_run(cfg, out=tmp_path / "full", progress=False)
+    again = train_run(_small(tiny_zoo, epochs=1, seed=1), progress=False)
+    assert again["history"][0]["loss"] != full["history"][0]["loss"]
+
+
+def test_resume_refuses_a_changed_config_and_a_reused_folder(tiny_zoo, tmp_path):
+    train_run(_small(tiny_zoo, epochs=1), out=tmp_path / "r", progress=False)
+    with pytest.raises(TrainError, match="lr"):
+        train_run(_small(tiny_zoo, epochs=1, lr=0.5), out=tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(TrainError, match="--resume"):
+        train_run(_small(tiny_zoo, epochs=1), out=tmp_path / "r", progress=False)
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "missing.json")])
+    assert res.exit_code == 2 and "missing.json" in res.output
+
+
+def test_kendall_tau():
+    x = np.arange(10.0)
+    assert kendall_tau(x, x) == pytest.approx(1.0)
+    assert kendall_tau(x, -x) == pytest.approx(-1.0)
+    assert kendall_tau(np.zeros(10), x) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn_zoo(tmp_path_factory):
+    from scalegmn.tasks.sources import ImageSource, digits
+    from scalegmn.tasks.zoo import build_cnn_zoo
+
+    d = digits()
+    src = ImageSource.from_array(d.images[:400], d.labels[:400], name="digits400")
+    out = tmp_path_factory.mktemp("cnn") / "c"
+    build_cnn_zoo(out, src, count=12, channels=4, epochs=(2,), batch_sizes=(32,), train_size_range=(100, 200),
+                  checkpoints=(0.0, 0.5, 1.0), test_size=60, shard_size=4, lr_range=(1e-3, 3e-2),
+                  progress=False)
+    return out
+
+
+def test_generalisation_prediction_reports_kendall_tau(tiny_cnn_zoo, tmp_path):
+    cfg = RunConfig(zoo=str(tiny_cnn_zoo), model="scalegmn", epochs=2, batch_size=4, threads=1,
+                    gmn=ScaleGMNConfig(d_hidden=8, n_layers=1, d_out=1, d_edge_in=9))
+    r = train_run(cfg, out=tmp_path / "g", progress=False)
+    assert r["task"] == "regression" and r["metric"] == "kendall_tau"
+    assert -1.0 <= r["test_tau"] <= 1.0 and "val_tau" in r["history"][0]
+    value, metric = evaluate_run(tmp_path / "g", "test")
+    assert metric == "kendall_tau" and value == pytest.approx(r["test"])
+
+
+def test_torchrun_two_processes_match_one(tiny_zoo, tmp_path):
+    """`scalegmn train` under torchrun (2 CPU processes, gloo) gives the single-process run."""
+    cfg = _small(tiny_zoo, epochs=2, batch_size=8, gmn=ScaleGMNConfig(d_hidden=8, n_layers=1, d_out=10))
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    one = train_run(cfg, out=tmp_path / "one", progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "scalegmn.tasks.cli", "train", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "two"),
+           "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    np.testing.assert_allclose([h["loss"] for h in two["history"]], [h["loss"] for h in one["history"]],
+                               rtol=1e-5)
+    a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
+    for k in a:
+        if k.startswith("model."):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)

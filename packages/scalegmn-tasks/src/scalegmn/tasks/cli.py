@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -29,26 +30,44 @@ def demo(
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="A run config (JSON or YAML; see RunConfig).")],
-    log: Annotated[Path | None, typer.Option(help="Append per-epoch metrics to this JSONL file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder: config, metrics.jsonl, resumable state, best model, curves.png.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped (same config).")] = False,
+    log: Annotated[Path | None, typer.Option(help="Also append per-epoch metrics to this JSONL file.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Train one metanetwork on a zoo (INR classification) and report test accuracy."""
-    from pydantic import ValidationError
+    """Train one metanetwork on a zoo; report the test metric at the best validation epoch.
 
-    from .train import RunConfig, train_run
+    Runs unchanged under `torchrun --nproc-per-node N` (data parallel).
+    """
+    from .train import TrainError, load_run_config, train_run
 
-    text = config.read_text()
+    if resume and out is None:
+        typer.echo("error: --resume needs --out (the folder of the run to continue)", err=True)
+        raise typer.Exit(2)
     try:
-        if config.suffix in (".yaml", ".yml"):
-            import yaml
-
-            cfg = RunConfig.model_validate(yaml.safe_load(text))
-        else:
-            cfg = RunConfig.model_validate_json(text)
-    except (ValidationError, ValueError) as err:
-        typer.echo(f"error: {config}: invalid run config:\n{err}", err=True)
+        cfg = load_run_config(config)
+        result = train_run(cfg, out=out, resume=resume, log_path=log, progress=not quiet)
+    except TrainError as err:
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    result = train_run(cfg, log_path=log)
-    typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}))
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder written by `scalegmn train --out`.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+) -> None:
+    """Evaluate the best model of a run on one split of its zoo."""
+    from .train import TrainError, evaluate_run
+
+    try:
+        value, metric = evaluate_run(run, split)
+    except TrainError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"run": str(run), "split": split, metric: value}))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,26 @@
 
 The paper's protocol: AdamW, linear warm-up then a constant learning rate, gradient
 clipping, model selection on the validation split, test at the best validation epoch.
+
+Two tasks, chosen from the zoo's target: INR classification (`kind="class"`: cross-entropy,
+accuracy) and generalisation prediction (`kind="regression"`: `MSE(sigmoid(f(G)), y)`,
+Kendall's tau).
+
+A run with an output folder writes `run.json` (its config), `metrics.jsonl`, `last.safetensors`
+(everything needed to continue: model, optimiser, schedule, random states, history; written
+atomically after every epoch) and `best/` (the model at the best validation epoch). `resume=True`
+continues a killed run exactly where its last completed epoch ended.
+
+Under `torchrun --nproc-per-node N` the same call trains data parallel
+(`DistributedDataParallel`, gloo on CPU, NCCL on GPU): every global batch is split across the
+processes and the loss is scaled so that the averaged gradient is the single-process one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from scalegmn.weightgraph import Network, ScaleGMNConfig
 
 ModelKind = Literal["scalegmn", "gmn", "gmn_canon", "mlp"]
+Task = Literal["auto", "classification", "regression"]
+
+RUN_FILE = "run.json"
+STATE_FILE = "last.safetensors"
+METRICS_FILE = "metrics.jsonl"
+BEST_DIR = "best"
+
+
+class TrainError(ValueError):
+    """A run that cannot start: bad config, a zoo that does not fit, a resume that does not match."""
 
 
 class RunConfig(BaseModel):
@@ -31,6 +55,13 @@ class RunConfig(BaseModel):
             canonicalised inputs) or `"mlp"` (an MLP on the flattened weights).
         gmn: the model configuration (for scalegmn and the GMN baselines).
         mlp_hidden: width of the MLP baseline.
+        task: `"classification"`, `"regression"` (generalisation prediction), or `"auto"`
+            (from the zoo's target kind).
+        input_scaling: `"layer"` divides every layer's weights and biases by one scalar each,
+            their root mean square over the training split (exact for every group: a fixed
+            scalar per layer commutes with permutations, sign flips and scalings), so that
+            tiny SIREN weights (~1e-2) reach the model at unit scale; `"none"` feeds raw weights.
+        threads: torch threads per process (None: torch's default).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +69,7 @@ class RunConfig(BaseModel):
     model: ModelKind = "scalegmn"
     gmn: ScaleGMNConfig = Field(default_factory=lambda: ScaleGMNConfig(d_hidden=32, n_layers=2, d_out=10))
     mlp_hidden: int = Field(default=256, ge=1)
+    task: Task = "auto"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_steps: int = Field(default=100, ge=0)
@@ -46,6 +78,44 @@ class RunConfig(BaseModel):
     epochs: int = Field(default=10, ge=1)
     seed: int = 0
     max_train: int | None = Field(default=None, ge=1)
+    input_scaling: Literal["layer", "none"] = "layer"
+    threads: int | None = Field(default=None, ge=1)
+
+
+def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read a run config from a JSON or YAML file, with a message naming the file on error."""
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return RunConfig.model_validate(yaml.safe_load(text))
+        return RunConfig.model_validate_json(text)
+    except (ValidationError, ValueError) as err:
+        raise TrainError(f"{path}: invalid run config:\n{err}") from None
+
+
+def layer_scales(networks: Sequence[Network]) -> tuple[list[float], list[float]]:
+    """Per layer, the root mean square of the weights and of the biases over `networks`."""
+    n_layers = len(networks[0].weights)
+    sw = [float(np.sqrt(np.mean([np.mean(n.weights[k].astype(np.float64) ** 2) for n in networks])))
+          for k in range(n_layers)]
+    sb = [float(np.sqrt(np.mean([np.mean(n.biases[k].astype(np.float64) ** 2) for n in networks])))
+          for k in range(n_layers)]
+    return [max(v, 1e-12) for v in sw], [max(v, 1e-12) for v in sb]
+
+
+def scale_layers(networks: Sequence[Network], scales: tuple[list[float], list[float]]) -> list[Network]:
+    """Divide each layer's weights and biases by the given scalars (see `layer_scales`)."""
+    sw, sb = scales
+    return [Network(n.spec, [w / np.asarray(s, w.dtype) for w, s in zip(n.weights, sw, strict=True)],
+                    [b / np.asarray(s, b.dtype) for b, s in zip(n.biases, sb, strict=True)])
+            for n in networks]
 
 
 def prepare_inputs(kind: ModelKind, networks: Sequence[Network]) -> list[Network]:
@@ -60,7 +130,7 @@ def prepare_inputs(kind: ModelKind, networks: Sequence[Network]) -> list[Network
 
 
 def build_model(cfg: RunConfig, n_params: int) -> Any:
-    """The torch module for `cfg.model`."""
+    """The torch module for `cfg.model` (seeded by `cfg.seed`)."""
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -88,83 +158,373 @@ def _batch(cfg: RunConfig, nets: Sequence[Network]) -> Any:
     return collate(nets, torch.float32)
 
 
+def kendall_tau(pred: np.ndarray, target: np.ndarray) -> float:
+    """Kendall's tau-b between predictions and targets (scipy); 0 where it is undefined (constant input)."""
+    from scipy.stats import kendalltau
+
+    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(target) == 0:
+        return 0.0
+    tau = float(kendalltau(pred, target).statistic)
+    return 0.0 if math.isnan(tau) else tau
+
+
+def _distributed() -> tuple[int, int]:
+    """`(rank, world_size)`; initialises the process group when run under torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _load_split_data(cfg: RunConfig) -> tuple[dict[str, tuple[list[Network], np.ndarray]], str]:
+    from .datasets import open_zoo
+    from .zoo.store import Zoo, ZooError
+
+    try:
+        zoo = Zoo(cfg.zoo)
+    except (ZooError, OSError, ValueError) as err:
+        raise TrainError(f"{cfg.zoo}: cannot open the zoo: {err}") from None
+    task = cfg.task
+    if task == "auto":
+        task = "classification" if zoo.manifest.target.kind == "class" else "regression"
+    data: dict[str, tuple[list[Network], np.ndarray]] = {}
+    for s in ("train", "val", "test"):
+        ds = open_zoo(cfg.zoo, s)
+        n = len(ds) if s != "train" or cfg.max_train is None else min(len(ds), cfg.max_train)
+        if n == 0:
+            raise TrainError(f"{cfg.zoo}: the {s} split is empty")
+        items = [ds[i] for i in range(n)]
+        data[s] = ([a for a, _ in items], np.array([t for _, t in items]))
+    return data, task
+
+
+def _check_data(cfg: RunConfig, data: dict[str, tuple[list[Network], np.ndarray]], task: str) -> None:
+    spec = data["train"][0][0].spec
+    if cfg.model != "mlp":
+        try:
+            cfg.gmn.check_compatible(spec)
+        except ValueError as err:
+            raise TrainError(f"{cfg.zoo}: the zoo does not fit the model: {err}") from None
+    if task == "classification":
+        n_classes = int(max(int(y.max()) for _, y in data.values())) + 1
+        if n_classes > cfg.gmn.d_out:
+            raise TrainError(f"{cfg.zoo}: the zoo has {n_classes} classes but gmn.d_out={cfg.gmn.d_out}; "
+                             f"set gmn.d_out to at least {n_classes}")
+    if cfg.model == "mlp":
+        sizes = {n.n_params() for nets, _ in data.values() for n in nets}
+        if len(sizes) > 1:
+            raise TrainError(f"{cfg.zoo}: the MLP baseline needs one architecture; the zoo has "
+                             f"networks of {sorted(sizes)} parameters")
+
+
+def prepare_run_data(cfg: RunConfig) -> tuple[dict[str, tuple[list[Network], np.ndarray]], str]:
+    """The three splits as the model sees them (scaled, baseline-transformed) and the task.
+
+    Raises:
+        TrainError: the zoo cannot be opened or does not fit the model.
+    """
+    data, task = _load_split_data(cfg)
+    _check_data(cfg, data, task)
+    if cfg.input_scaling == "layer":
+        scales = layer_scales(data["train"][0])
+        data = {s: (scale_layers(nets, scales), y) for s, (nets, y) in data.items()}
+    return {s: (prepare_inputs(cfg.model, nets), y) for s, (nets, y) in data.items()}, task
+
+
+def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
+    """The metric of a run's best model (`run/best`) on one split of its zoo.
+
+    Returns:
+        `(value, metric name)`: accuracy or Kendall's tau.
+    """
+    import torch
+
+    run = Path(run)
+    if not (run / RUN_FILE).is_file() or not (run / BEST_DIR).is_dir():
+        raise TrainError(f"{run}: not a finished run folder (needs {RUN_FILE} and {BEST_DIR}/)")
+    if split not in ("train", "val", "test"):
+        raise TrainError(f"unknown split {split!r}; use train, val or test")
+    cfg = RunConfig.model_validate_json((run / RUN_FILE).read_text())
+    data, task = prepare_run_data(cfg)
+    model = build_model(cfg, data["train"][0][0].n_params())
+    if cfg.model == "mlp":
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(run / BEST_DIR / "model.safetensors")))
+    else:
+        from scalegmn.torch import load_checkpoint
+
+        model = load_checkpoint(run / BEST_DIR)
+    model.eval()
+    nets, ys = data[split]
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(nets), 256):
+            p = model(_batch(cfg, nets[i:i + 256]))
+            preds.append(p.argmax(1).numpy() if task == "classification" else torch.sigmoid(p[:, 0]).numpy())
+    pr = np.concatenate(preds)
+    if task == "classification":
+        return float((pr == ys).mean()), "accuracy"
+    return kendall_tau(pr, ys), "kendall_tau"
+
+
+def _start_run_dir(out: Path, cfg: RunConfig, resume: bool) -> bool:
+    """Check/create the run folder; return whether there is a state to resume from."""
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        old = json.loads(run_file.read_text())
+        if not resume:
+            raise TrainError(f"{out} already holds a run; pass --resume to continue it or choose a new folder")
+        new = json.loads(cfg.model_dump_json())
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise TrainError(f"{out}: the config differs from the run being resumed in {diff}; "
+                             f"resume with the same config (see {run_file})")
+        return (out / STATE_FILE).exists()
+    if resume and out.exists() and any(out.iterdir()):
+        raise TrainError(f"{out} holds no {RUN_FILE}: nothing to resume")
+    return False
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _save_state(path: Path, model: Any, opt: Any, sched: Any, rng: np.random.Generator,
+                meta: dict[str, Any]) -> None:
+    """Everything needed to continue the run, in one safetensors file (atomic)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{idx}.{k}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    info = {"meta": meta, "param_groups": osd["param_groups"], "sched": sched.state_dict(),
+            "rng_numpy": rng.bit_generator.state}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(info, default=_json_default)})
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _load_state(path: Path, model: Any, opt: Any, sched: Any, rng: np.random.Generator) -> dict[str, Any]:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        info = json.loads(f.metadata()["state"])
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    sched.load_state_dict(info["sched"])
+    rng.bit_generator.state = info["rng_numpy"]
+    torch.set_rng_state(tensors["rng.torch"])
+    meta: dict[str, Any] = info["meta"]
+    return meta
+
+
 def train_run(
     cfg: RunConfig,
+    out: str | Path | None = None,
+    resume: bool = False,
     log_path: str | Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train on the zoo's train split, select on val, report test at the best val epoch.
 
+    Args:
+        cfg: the run.
+        out: the run folder (config, metrics, resumable state, best model); None keeps
+            nothing on disk.
+        resume: continue the run in `out` (its config must equal `cfg`).
+        log_path: also append per-epoch metrics to this JSONL file.
+        progress: show a progress bar.
+        on_epoch: called with each epoch's metrics row.
+
     Returns:
-        A dict with `best_epoch`, `val_acc`, `test_acc`, `seconds`, and the per-epoch `history`.
+        A dict with `task`, `metric` (`"accuracy"` or `"kendall_tau"`), `best_epoch`,
+        `val`/`test` (the metric at the best val epoch; also as `val_acc`/`test_acc` or
+        `val_tau`/`test_tau`), `seconds`, and the per-epoch `history`.
+
+    Raises:
+        TrainError: before any training, when the zoo, the config or the resume do not fit.
     """
     import torch
     from rich.progress import Progress
 
-    from .datasets import open_zoo
+    rank, world = _distributed()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(out) if out is not None else None
+    if world > 1 and cfg.batch_size < world:
+        raise TrainError(f"batch_size={cfg.batch_size} is smaller than the {world} processes; "
+                         f"every process needs at least one network per batch")
+    has_state = _start_run_dir(out_dir, cfg, resume) if out_dir is not None else False
+    if world > 1:
+        import torch.distributed as dist
 
-    splits = {s: open_zoo(cfg.zoo, s) for s in ("train", "val", "test")}
-    data: dict[str, tuple[list[Network], np.ndarray]] = {}
-    for s, ds in splits.items():
-        n = len(ds) if s != "train" or cfg.max_train is None else min(len(ds), cfg.max_train)
-        items = [ds[i] for i in range(n)]
-        data[s] = (prepare_inputs(cfg.model, [a for a, _ in items]), np.array([int(t) for _, t in items]))
-    spec = data["train"][0][0].spec
-    if cfg.model != "mlp":
-        cfg.gmn.check_compatible(spec)
-    n_classes = int(max(int(y.max()) for _, y in data.values())) + 1
-    if n_classes > cfg.gmn.d_out:
-        raise ValueError(f"the zoo has {n_classes} classes but d_out={cfg.gmn.d_out}")
+        dist.barrier()  # every process has checked the folder before the first write
+    data, task = prepare_run_data(cfg)
+    if out_dir is not None and rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(out_dir / RUN_FILE, json.loads(cfg.model_dump_json()))
+
     model = build_model(cfg, data["train"][0][0].n_params())
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     rng = np.random.default_rng(cfg.seed)
+    classify = task == "classification"
+    metric_name = "accuracy" if classify else "kendall_tau"
+    short = "acc" if classify else "tau"
     pre = {s: [(_batch(cfg, nets[i:i + 256]), y[i:i + 256]) for i in range(0, len(nets), 256)]
            for s, (nets, y) in data.items() if s != "train"}
 
-    def accuracy(split: str) -> float:
+    def loss_fn(pred: Any, y: np.ndarray, scale: float) -> Any:
+        if classify:
+            return torch.nn.functional.cross_entropy(pred, torch.from_numpy(y.astype(np.int64)),
+                                                     reduction="sum") * scale
+        target = torch.from_numpy(y.astype(np.float32))
+        return ((torch.sigmoid(pred[:, 0]) - target) ** 2).sum() * scale
+
+    def evaluate(split: str) -> float:
         model.eval()
-        correct = 0
+        preds, ys = [], []
         with torch.no_grad():
             for xb, yb in pre[split]:
-                correct += int((model(xb).argmax(1).numpy() == yb).sum())
-        return correct / max(1, sum(len(y) for _, y in pre[split]))
+                p = model(xb)
+                preds.append(p.argmax(1).numpy() if classify else torch.sigmoid(p[:, 0]).numpy())
+                ys.append(yb)
+        pr, yy = np.concatenate(preds), np.concatenate(ys)
+        return float((pr == yy).mean()) if classify else kendall_tau(pr, yy)
 
     nets, ys = data["train"]
     steps_per_epoch = math.ceil(len(nets) / cfg.batch_size)
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_acc": -1.0}
-    log = Path(log_path).open("a") if log_path else None
-    t0 = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"{cfg.model}", total=cfg.epochs * steps_per_epoch)
-        for epoch in range(cfg.epochs):
+    best: dict[str, Any] = {"val": -math.inf, "test": math.nan, "best_epoch": -1}
+    start_epoch, seconds_before = 0, 0.0
+    if has_state and out_dir is not None:
+        meta = _load_state(out_dir / STATE_FILE, model, opt, sched, rng)
+        history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
+        seconds_before = meta["seconds"]
+    logs = [Path(p) for p in (log_path, out_dir / METRICS_FILE if out_dir else None) if p is not None]
+    t0 = time.perf_counter() - seconds_before
+    with Progress(disable=not progress or rank != 0, transient=True) as bar:
+        task_bar = bar.add_task(f"{cfg.model}", total=cfg.epochs * steps_per_epoch,
+                                completed=start_epoch * steps_per_epoch)
+        for epoch in range(start_epoch, cfg.epochs):
             model.train()
             order = rng.permutation(len(nets))
             losses = []
             for k in range(steps_per_epoch):
                 idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-                xb = _batch(cfg, [nets[i] for i in idx])
-                loss = torch.nn.functional.cross_entropy(model(xb), torch.from_numpy(ys[idx]))
+                local = idx[rank::world]
+                # DDP averages gradients over processes: scale so the average is d(mean loss).
+                scale = world / len(idx)
+                loss = loss_fn(net(_batch(cfg, [nets[i] for i in local])), ys[local], scale)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
-                losses.append(loss.item())
-                bar.advance(task)
-            row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_acc": accuracy("val"),
+                losses.append(_global_sum(loss.detach(), world) / world)
+                bar.advance(task_bar)
+            val = evaluate("val")
+            row = {"epoch": epoch, "loss": float(np.mean(losses)), f"val_{short}": val,
                    "seconds": time.perf_counter() - t0}
-            if row["val_acc"] > best["val_acc"]:
-                best = {"val_acc": row["val_acc"], "test_acc": accuracy("test"), "best_epoch": epoch}
+            if val > best["val"]:
+                best = {"val": val, "test": evaluate("test"), "best_epoch": epoch}
+                if out_dir is not None and rank == 0:
+                    _save_best(cfg, model, out_dir / BEST_DIR)
             history.append(row)
-            if log:
-                log.write(json.dumps({"model": cfg.model, **row}) + "\n")
-                log.flush()
+            if rank == 0:
+                for p in logs:
+                    with p.open("a") as fh:
+                        fh.write(json.dumps({"model": cfg.model, **row}) + "\n")
+                if out_dir is not None:
+                    _save_state(out_dir / STATE_FILE, model, opt, sched, rng,
+                                {"epoch": epoch, "history": history, "best": best,
+                                 "seconds": row["seconds"]})
             if on_epoch:
                 on_epoch(row)
-    if log:
-        log.close()
-    return {**best, "seconds": time.perf_counter() - t0, "history": history,
-            "n_train": len(nets), "n_params_model": sum(p.numel() for p in model.parameters())}
+    result = {"task": task, "metric": metric_name, "best_epoch": best["best_epoch"], "val": best["val"],
+              "test": best["test"], f"val_{short}": best["val"], f"test_{short}": best["test"],
+              "seconds": time.perf_counter() - t0, "history": history, "n_train": len(nets),
+              "n_params_model": sum(p.numel() for p in model.parameters())}
+    if out_dir is not None and rank == 0:
+        _write_json_atomic(out_dir / "result.json", result)
+        _plot_history(history, short, out_dir / "curves.png", cfg.model)
+    return result
+
+
+def _global_sum(x: Any, world: int) -> float:
+    if world > 1:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+    return float(x)
+
+
+def _save_best(cfg: RunConfig, model: Any, path: Path) -> None:
+    if cfg.model == "mlp":
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "model.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, path / "model.safetensors")
+        return
+    from scalegmn.torch import save_checkpoint
+
+    save_checkpoint(model, path)
+
+
+def _plot_history(history: list[dict[str, Any]], short: str, path: Path, title: str) -> None:
+    """Training loss and validation metric per epoch, as a PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
+    a1.plot(ep, [h["loss"] for h in history], marker="o")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("training loss")
+    a2.plot(ep, [h[f"val_{short}"] for h in history], marker="o")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel(f"validation {'accuracy' if short == 'acc' else 'Kendall tau'}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
