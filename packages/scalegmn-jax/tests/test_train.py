@@ -17,7 +17,7 @@ from scalegmn.jax import (
     make_train_step,
     warmup_constant,
 )
-from scalegmn.weightgraph import NetworkSpec, random_network
+from scalegmn.weightgraph import Network, NetworkSpec, random_network
 
 
 def _task(n: int = 8):
@@ -108,3 +108,17 @@ def test_step_rejects_a_model_of_another_config():
     step = make_train_step(cfg.model_copy(update={"d_hidden": 4}), opt)
     with pytest.raises(ValueError, match="config"):
         step(model, init_optimizer(opt, model), batch, labels)
+
+
+def test_zero_bias_nodes_have_finite_gradients():
+    """A hidden node whose state is exactly zero (a zero bias) gets a zero, not NaN, gradient
+    through its norm, as in torch (padding nodes of `shard_batch` rely on it too)."""
+    net = random_network(NetworkSpec.mlp([2, 4, 1], "relu"), rng=0)
+    net = Network(net.spec, net.weights)  # biases default to zeros
+    batch = collate([net, random_network(NetworkSpec.mlp([2, 4, 1], "relu"), rng=1)])
+    cfg, model = _model(bidirectional=True)
+    opt = make_optimizer()
+    new, _, loss = make_train_step(cfg, opt)(model, init_optimizer(opt, model), batch, jnp.asarray([0, 1]))
+    assert np.isfinite(float(loss))
+    for name, p in new.params.items():
+        assert np.all(np.isfinite(np.asarray(p))), name

@@ -61,7 +61,7 @@ class _Ctx:
 
     def scale_inv(self, name: str, x: Array, g: Array) -> Array:
         cfg = self.cfg
-        norm = jnp.sqrt(jnp.sum(x * x, -1, keepdims=True))
+        norm = _norm(x)
         scaled = ((g == 1) | (g == 3))[:, None]
         u = jnp.where(scaled, x / jnp.maximum(norm, cfg.norm_eps), x)
         signed = ((g == 2) | (g == 3))[:, None]
@@ -74,6 +74,14 @@ class _Ctx:
 
     def scale_eq(self, name: str, x: Array, g: Array) -> Array:
         return _linear(x, self.P[f"{name}.gamma.weight"]) * self.scale_inv(f"{name}.inv", x, g)
+
+
+def _norm(x: Array) -> Array:
+    """`||x||` over the last axis with gradient 0 at `x = 0` (torch's), not NaN: a hidden node
+    with a zero state (a zero bias, a padding node) must not poison the whole gradient."""
+    sq = jnp.sum(x * x, -1, keepdims=True)
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
 def _segment_sum(x: Array, seg: Array, n: int) -> Array:
