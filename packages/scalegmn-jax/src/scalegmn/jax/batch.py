@@ -49,6 +49,17 @@ def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None) -> Grap
         dtype: float dtype of the features (default: the networks' dtype; float64 needs
             `jax_enable_x64`).
     """
+    arrays, specs = graph_arrays(networks)
+    dt = dtype or arrays["node_features"].dtype
+    return GraphBatch(
+        **{k: jnp.asarray(v, dtype=dt if v.dtype.kind == "f" else None) for k, v in arrays.items()},
+        n_graphs=len(networks),
+        specs=specs,
+    )
+
+
+def graph_arrays(networks: Sequence[Network]) -> tuple[dict[str, np.ndarray], tuple]:
+    """The array fields of `collate(networks)` as numpy arrays, and the specs."""
     if not networks:
         raise ValueError("collate needs at least one network")
     for k, n in enumerate(networks):
@@ -60,19 +71,17 @@ def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None) -> Grap
     for i in hidden:
         spec = gb.specs[gb.node_batch[i]]
         group[i] = GROUP_CODE[activation_group(spec.layers[gb.node_layer[i] - 1].activation)]
-    dt = dtype or gb.node_features.dtype
-    return GraphBatch(
-        node_features=jnp.asarray(gb.node_features, dtype=dt),
-        edge_features=jnp.asarray(gb.edge_features, dtype=dt),
-        src=jnp.asarray(gb.edge_index[0]),
-        dst=jnp.asarray(gb.edge_index[1]),
-        node_role=jnp.asarray(gb.node_role),
-        node_pos=jnp.asarray(gb.node_pos),
-        node_layer=jnp.asarray(gb.node_layer),
-        node_group=jnp.asarray(group),
-        node_batch=jnp.asarray(gb.node_batch),
-        edge_layer=jnp.asarray(gb.edge_layer),
-        edge_mask=jnp.asarray(gb.edge_mask),
-        n_graphs=len(networks),
-        specs=tuple(gb.specs),
-    )
+    arrays = {
+        "node_features": gb.node_features,
+        "edge_features": gb.edge_features,
+        "src": gb.edge_index[0],
+        "dst": gb.edge_index[1],
+        "node_role": gb.node_role,
+        "node_pos": gb.node_pos,
+        "node_layer": gb.node_layer,
+        "node_group": group,
+        "node_batch": gb.node_batch,
+        "edge_layer": gb.edge_layer,
+        "edge_mask": gb.edge_mask,
+    }
+    return {k: np.asarray(v) for k, v in arrays.items()}, tuple(gb.specs)

@@ -15,11 +15,13 @@ import equinox as eqx
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+import jax
 import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
 from .batch import GraphBatch
 from .model import ScaleGMN, forward
+from .parallel import ShardedBatch
 
 __all__ = ["TrainStep", "init_optimizer", "make_optimizer", "make_train_step", "warmup_constant"]
 
@@ -84,17 +86,37 @@ def _strip(batch: Any) -> Any:
     serves every batch of the same sizes, whatever its architectures."""
     if isinstance(batch, GraphBatch):
         return dataclasses.replace(batch, specs=())
+    if isinstance(batch, ShardedBatch):
+        return dataclasses.replace(batch, graphs=dataclasses.replace(batch.graphs, specs=()))
     return batch
 
 
 def _loss_sum_and_count(params: dict[str, Array], config: ScaleGMNConfig, batch: Any,
                         labels: Array, key: Array | None, loss_fn: LossFn) -> tuple[Array, Array]:
     """Sum of the per-example losses of the real graphs, and their number."""
+    if isinstance(batch, ShardedBatch):
+        n_dev = batch.mask.shape[0]
+        keys = None if key is None else jax.random.split(key, n_dev)
+
+        def per_device(graphs: GraphBatch, lab: Array, mask: Array, k: Array | None) -> Array:
+            out = forward(params, config, graphs, k)
+            if isinstance(out, tuple):
+                raise ValueError("make_train_step trains invariant heads (outputs [B, d_out])")
+            return jnp.sum(jnp.where(mask, loss_fn(out, lab), 0.0))
+
+        sums = jax.vmap(per_device, in_axes=(0, 0, 0, None if keys is None else 0))(
+            batch.graphs, labels, batch.mask, keys)
+        return _reduce(sums, batch.mask)
     out = forward(params, config, batch, key)
     if isinstance(out, tuple):
         raise ValueError("make_train_step trains invariant heads (outputs [B, d_out])")
     per = loss_fn(out, labels)
     return jnp.sum(per), jnp.asarray(per.shape[0], per.dtype)
+
+
+def _reduce(device_sums: Array, mask: Array) -> tuple[Array, Array]:
+    """Per-device loss sums -> (global sum, global count): the mean is the one-device mean."""
+    return jnp.sum(device_sums), jnp.sum(mask).astype(device_sums.dtype)
 
 
 class TrainStep(Protocol):
@@ -108,7 +130,11 @@ def make_train_step(config: ScaleGMNConfig, optimizer: optax.GradientTransformat
                     loss: Literal["cross_entropy", "mse"] | LossFn = "cross_entropy") -> TrainStep:
     """A compiled training step: forward, backward, optimiser update.
 
-    The loss is the mean over the batch's graphs of a per-example loss.
+    The loss is the mean over the batch's graphs of a per-example loss. The same step takes a
+    `GraphBatch` from `collate` (one device) or a `ShardedBatch` from `shard_batch` (data
+    parallel over a mesh); for the latter the per-device sums are added and divided by the
+    global number of networks, so loss and gradient are the one-device ones. With a key and
+    a `ShardedBatch`, each device draws its dropout from its own split of the key.
 
     Args:
         config: the model's configuration (an invariant head: outputs `[B, d_out]`).
