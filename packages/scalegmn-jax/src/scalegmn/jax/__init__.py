@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .batch import GraphBatch, collate
+from .batch import DenseGraphBatch, GraphBatch, collate
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model import ScaleGMN, forward
 from .parallel import DATA_AXIS, ShardedBatch, make_mesh, replicate, shard_batch
@@ -17,6 +17,7 @@ from .train import TrainStep, init_optimizer, make_optimizer, make_train_step, w
 __all__ = [
     "DATA_AXIS",
     "CheckpointError",
+    "DenseGraphBatch",
     "GraphBatch",
     "ScaleGMN",
     "ScaleGMNConfig",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import equinox as eqx
 from jaxtyping import Array, Float
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .batch import GraphBatch
+from .batch import DenseGraphBatch, GraphBatch
 from .params import init_params
 
 _ACT = {
@@ -62,13 +63,13 @@ class _Ctx:
     def scale_inv(self, name: str, x: Array, g: Array) -> Array:
         cfg = self.cfg
         norm = _norm(x)
-        scaled = ((g == 1) | (g == 3))[:, None]
+        scaled = ((g == 1) | (g == 3))[..., None]
         u = jnp.where(scaled, x / jnp.maximum(norm, cfg.norm_eps), x)
-        signed = ((g == 2) | (g == 3))[:, None]
+        signed = ((g == 2) | (g == 3))[..., None]
         if cfg.sign_canon == "symmetrize":
             return self.mlp(name, u) + jnp.where(signed, self.mlp(name, -u), 0.0)
         idx = jnp.argmax(jnp.abs(u), axis=-1)
-        v = jnp.take_along_axis(u, idx[:, None], -1)
+        v = jnp.take_along_axis(u, idx[..., None], -1)
         s = jnp.where(v == 0, 1.0, jnp.sign(v)).astype(u.dtype)
         return self.mlp(name, jnp.where(signed, s * u, u))
 
@@ -88,7 +89,85 @@ def _segment_sum(x: Array, seg: Array, n: int) -> Array:
     return jax.ops.segment_sum(x, seg, num_segments=n)
 
 
-def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch,
+class _Segments:
+    """Message passing on a disjoint union: gathers and segment sums over `src`/`dst`."""
+
+    def __init__(self, b: GraphBatch) -> None:
+        self.b, self.n = b, b.node_features.shape[0]
+
+    def at_src(self, x: Array) -> Array:
+        return x[self.b.src]
+
+    def at_dst(self, x: Array) -> Array:
+        return x[self.b.dst]
+
+    def sum_at_dst(self, m: Array) -> Array:
+        return _segment_sum(m, self.b.dst, self.n)
+
+    def sum_at_src(self, m: Array) -> Array:
+        return _segment_sum(m, self.b.src, self.n)
+
+    def graph_sum(self, x: Array) -> Array:
+        return _segment_sum(x, self.b.node_batch, self.b.n_graphs)
+
+    def output_nodes(self, h: Array, max_out: int) -> Array:
+        b, B = self.b, self.b.n_graphs
+        slot = jnp.where(b.node_role == 2, b.node_batch * max_out + b.node_pos, B * max_out)
+        return _segment_sum(h, slot, B * max_out + 1)[:-1].reshape(B, -1)
+
+
+class _Dense:
+    """Message passing on stacked graphs of one shape: edge block `l` is `[B, n_l, n_{l-1}]`,
+    so gathers are broadcasts and aggregations are sums over one axis of the block."""
+
+    def __init__(self, b: DenseGraphBatch) -> None:
+        self.w = b.widths
+        self.no = [0, *itertools.accumulate(self.w)]
+
+    def _nodes(self, x: Array, k: int) -> Array:
+        return x[:, self.no[k]:self.no[k + 1]]
+
+    def _edges(self, parts: list[Array]) -> Array:
+        return jnp.concatenate([p.reshape(p.shape[0], -1, *p.shape[3:]) for p in parts], 1)
+
+    def at_src(self, x: Array) -> Array:
+        w = self.w
+        return self._edges([jnp.broadcast_to(self._nodes(x, k - 1)[:, None],
+                                             (x.shape[0], w[k], w[k - 1], *x.shape[2:]))
+                            for k in range(1, len(w))])
+
+    def at_dst(self, x: Array) -> Array:
+        w = self.w
+        return self._edges([jnp.broadcast_to(self._nodes(x, k)[:, :, None],
+                                             (x.shape[0], w[k], w[k - 1], *x.shape[2:]))
+                            for k in range(1, len(w))])
+
+    def _blocks(self, m: Array) -> list[Array]:
+        w, out, lo = self.w, [], 0
+        for k in range(1, len(w)):
+            hi = lo + w[k] * w[k - 1]
+            out.append(m[:, lo:hi].reshape(m.shape[0], w[k], w[k - 1], *m.shape[2:]))
+            lo = hi
+        return out
+
+    def sum_at_dst(self, m: Array) -> Array:
+        sums = [blk.sum(2) for blk in self._blocks(m)]
+        return jnp.concatenate([jnp.zeros((m.shape[0], self.w[0], *m.shape[2:]), m.dtype), *sums], 1)
+
+    def sum_at_src(self, m: Array) -> Array:
+        sums = [blk.sum(1) for blk in self._blocks(m)]
+        return jnp.concatenate([*sums, jnp.zeros((m.shape[0], self.w[-1], *m.shape[2:]), m.dtype)], 1)
+
+    def graph_sum(self, x: Array) -> Array:
+        return x.sum(1)
+
+    def output_nodes(self, h: Array, max_out: int) -> Array:
+        out = self._nodes(h, len(self.w) - 1)
+        out = jnp.pad(out, ((0, 0), (0, max_out - out.shape[1]), (0, 0)))
+        return out.reshape(out.shape[0], -1)
+
+
+def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | DenseGraphBatch,
             key: Array | None = None) -> Array | tuple[Array, Array]:
     """The model's function given its parameters (pure; jit-friendly).
 
@@ -97,19 +176,22 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch,
         batch's layout, for the equivariant head.
     """
     cx = _Ctx(params, cfg, key)
+    g: _Segments | _Dense = _Dense(b) if isinstance(b, DenseGraphBatch) else _Segments(b)
     P = params
+    # Per-node index arrays of the shared graph ([N]; the union's for a GraphBatch); feature
+    # arrays carry the batch axis first in the dense layout and broadcast against these.
     role, pos, lyr = b.node_role, b.node_pos, b.node_layer
     src, dst = b.src, b.dst
-    N = b.node_features.shape[0]
     if cfg.symmetry in ("auto", "hetero"):
         grp = b.node_group
     else:
-        grp = jnp.where(role == 1, _MODE_CODE[cfg.symmetry], 0)
+        grp = jnp.broadcast_to(jnp.where(role == 1, _MODE_CODE[cfg.symmetry], 0), b.node_group.shape)
+    grp_src, grp_dst = g.at_src(grp), g.at_dst(grp)
     x = b.node_features
     xin = jnp.where((role == 0)[:, None], jnp.asarray(cfg.input_node_value, x.dtype), x)
     h = _linear(xin, P["node_proj.weight"])
     xe = b.edge_features
-    xe_pad = jnp.pad(xe, ((0, 0), (0, cfg.d_edge_in - xe.shape[1])))
+    xe_pad = jnp.pad(xe, [(0, 0)] * (xe.ndim - 1) + [(0, cfg.d_edge_in - xe.shape[-1])])
     e = _linear(xe_pad, P["edge_proj.weight"])
     if cfg.positional_encoding:
         add = jnp.where((role == 0)[:, None], P["pe_in"][jnp.clip(pos, 0, cfg.max_in_nodes - 1)],
@@ -126,46 +208,41 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch,
         e = e * pe_e
     for t in range(cfg.n_layers):
         pre = f"layers.{t}"
-        r = _linear(h[src], P[f"{pre}.fwd.rescale.a.weight"]) * _linear(e, P[f"{pre}.fwd.rescale.b.weight"])
-        z = jnp.concatenate([h[dst], r], -1) if cfg.message_receiver else r
-        m = cx.scale_eq(f"{pre}.fwd.msg", z, grp[dst])
-        parts = [h, _segment_sum(m, dst, N)]
+        # Row-wise linear maps commute with gathers: project the N nodes, then gather to E edges.
+        r = g.at_src(_linear(h, P[f"{pre}.fwd.rescale.a.weight"])) * _linear(e, P[f"{pre}.fwd.rescale.b.weight"])
+        z = jnp.concatenate([g.at_dst(h), r], -1) if cfg.message_receiver else r
+        m = cx.scale_eq(f"{pre}.fwd.msg", z, grp_dst)
+        parts = [h, g.sum_at_dst(m)]
         if cfg.bidirectional:
-            rb = _linear(h[dst], P[f"{pre}.bwd.rescale.a.weight"]) * _linear(e, P[f"{pre}.bwd.rescale.b.weight"])
+            rb = g.at_dst(_linear(h, P[f"{pre}.bwd.rescale.a.weight"])) * _linear(e, P[f"{pre}.bwd.rescale.b.weight"])
             if cfg.symmetry != "permutation" and not _NAIVE_BACKWARD:
-                sq = jnp.sum(h * h, -1)
-                c = sq[src] / jnp.maximum(sq[dst], cfg.norm_eps**2)
-                rb = rb * c[:, None]
-            zb = jnp.concatenate([h[src], rb], -1) if cfg.message_receiver else rb
-            mb = cx.scale_eq(f"{pre}.bwd.msg", zb, grp[src])
-            parts.append(_segment_sum(mb, src, N))
+                sq = jnp.sum(h * h, -1, keepdims=True)
+                rb = rb * (g.at_src(sq) / jnp.maximum(g.at_dst(sq), cfg.norm_eps**2))
+            zb = jnp.concatenate([g.at_src(h), rb], -1) if cfg.message_receiver else rb
+            mb = cx.scale_eq(f"{pre}.bwd.msg", zb, grp_src)
+            parts.append(g.sum_at_src(mb))
         hn = cx.scale_eq(f"{pre}.upd", jnp.concatenate(parts, -1), grp)
         if cfg.skip_connections:
             hn = hn + h
         if f"{pre}.edge.gamma.weight" in P:
             inv = cx.scale_inv(f"{pre}.edge.inv", hn, grp)
             en = _linear(e, P[f"{pre}.edge.gamma.weight"]) * cx.mlp(
-                f"{pre}.edge.mlp", jnp.concatenate([inv[src], inv[dst]], -1))
+                f"{pre}.edge.mlp", jnp.concatenate([g.at_src(inv), g.at_dst(inv)], -1))
             e = en + e if cfg.skip_connections else en
         h = hn
-    B = b.n_graphs
     if cfg.head == "equivariant":
         alpha = P["head.alpha"]
         dn = _linear(h, P["head.node.weight"])
         node = x + jnp.where((role == 0)[:, None], 0.0, alpha[jnp.clip(lyr - 1, 0, None)][:, None] * dn)
-        de = _linear(e, P["head.edge.weight"][: xe.shape[1]]) * b.edge_mask
+        de = _linear(e, P["head.edge.weight"][: xe.shape[-1]]) * b.edge_mask
         edge = xe + alpha[lyr[dst] - 1][:, None] * de
         return node, edge
     if cfg.readout == "last_layer":
-        sel = role == 2
-        slot = jnp.where(sel, b.node_batch * cfg.max_out_nodes + pos, B * cfg.max_out_nodes)
-        flat = _segment_sum(h, slot, B * cfg.max_out_nodes + 1)[:-1].reshape(B, -1)
-        return cx.mlp("readout.mlp", flat)
-    hid = (role == 1)[:, None]
+        return cx.mlp("readout.mlp", g.output_nodes(h, cfg.max_out_nodes))
     v = cx.scale_inv("readout.inv", h, grp)
-    s_h = _segment_sum(jnp.where(hid, v, 0.0), b.node_batch, B)
-    s_in = _segment_sum(jnp.where((role == 0)[:, None], h, 0.0), b.node_batch, B)
-    s_out = _segment_sum(jnp.where((role == 2)[:, None], h, 0.0), b.node_batch, B)
+    s_h = g.graph_sum(jnp.where((role == 1)[:, None], v, 0.0))
+    s_in = g.graph_sum(jnp.where((role == 0)[:, None], h, 0.0))
+    s_out = g.graph_sum(jnp.where((role == 2)[:, None], h, 0.0))
     return cx.mlp("readout.mlp", jnp.concatenate([s_h, s_in, s_out], -1))
 
 
@@ -198,9 +275,9 @@ class ScaleGMN(eqx.Module):
             params = init_params(config, key if key is not None else jax.random.key(0), dtype)
         self.params = dict(params)
 
-    def __call__(self, batch: GraphBatch, *, key: Array | None = None) -> Float[Array, "B d_out"] | tuple[Array, Array]:
+    def __call__(self, batch: GraphBatch | DenseGraphBatch, *, key: Array | None = None) -> Float[Array, "B d_out"] | tuple[Array, Array]:
         """Apply the model to a batch from `collate`."""
-        if not isinstance(batch, GraphBatch):
+        if not isinstance(batch, GraphBatch | DenseGraphBatch):
             raise TypeError(f"ScaleGMN expects a batch from scalegmn.jax.collate, got {type(batch).__name__}")
         for spec in batch.specs:
             self.config.check_compatible(spec)

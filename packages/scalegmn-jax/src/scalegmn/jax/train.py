@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .batch import GraphBatch
+from .batch import DenseGraphBatch, GraphBatch
 from .model import ScaleGMN, forward
 from .parallel import ShardedBatch
 
@@ -84,7 +84,7 @@ LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
 def _strip(batch: Any) -> Any:
     """The batch without its `specs` (static and only needed for decoding): one compilation
     serves every batch of the same sizes, whatever its architectures."""
-    if isinstance(batch, GraphBatch):
+    if isinstance(batch, GraphBatch | DenseGraphBatch):
         return dataclasses.replace(batch, specs=())
     if isinstance(batch, ShardedBatch):
         return dataclasses.replace(batch, graphs=dataclasses.replace(batch.graphs, specs=()))
