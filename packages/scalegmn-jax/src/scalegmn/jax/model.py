@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable, Sequence
 
 import equinox as eqx
 from jaxtyping import Array, Float
@@ -44,10 +45,14 @@ class _Ctx:
         return sub
 
     def mlp(self, name: str, x: Array) -> Array:
+        return self.tail(name, _linear(x, self.P[f"{name}.lin.0.weight"]))
+
+    def tail(self, name: str, pre: Array) -> Array:
+        """The MLP `name` from `pre = W_0 x`, its first Linear without the bias."""
         P, cfg = self.P, self.cfg
+        x = pre + P[f"{name}.lin.0.bias"]
         k = 0
         while f"{name}.lin.{k + 1}.weight" in P:
-            x = _linear(x, P[f"{name}.lin.{k}.weight"], P[f"{name}.lin.{k}.bias"])
             if f"{name}.norm.{k}.weight" in P:
                 mu = x.mean(-1, keepdims=True)
                 var = ((x - mu) ** 2).mean(-1, keepdims=True)
@@ -58,31 +63,76 @@ class _Ctx:
                 keep = jax.random.bernoulli(sub, 1.0 - cfg.dropout, x.shape)
                 x = jnp.where(keep, x / (1.0 - cfg.dropout), 0.0)
             k += 1
-        return _linear(x, P[f"{name}.lin.{k}.weight"], P[f"{name}.lin.{k}.bias"])
+            x = _linear(x, P[f"{name}.lin.{k}.weight"], P[f"{name}.lin.{k}.bias"])
+        return x
+
+    def inv_tail(self, name: str, pre: Array, sq: Array, g: Array, sign: Array | None) -> Array:
+        """ScaleInv from `pre = W_0 x` and `sq = ||x||^2`: `W_0 u = W_0 x / max(||x||, eps)` for
+        scale groups, and `W_0 (-u) = -W_0 u` (one first Linear for both symmetrised branches)."""
+        scaled = ((g == 1) | (g == 3))[..., None]
+        pre = jnp.where(scaled, pre / jnp.maximum(_sqrt0(sq), self.cfg.norm_eps), pre)
+        signed = ((g == 2) | (g == 3))[..., None]
+        if self.cfg.sign_canon == "symmetrize":
+            return self.tail(name, pre) + jnp.where(signed, self.tail(name, -pre), 0.0)
+        assert sign is not None
+        return self.tail(name, jnp.where(signed, sign * pre, pre))
 
     def scale_inv(self, name: str, x: Array, g: Array) -> Array:
-        cfg = self.cfg
-        norm = _norm(x)
-        scaled = ((g == 1) | (g == 3))[..., None]
-        u = jnp.where(scaled, x / jnp.maximum(norm, cfg.norm_eps), x)
-        signed = ((g == 2) | (g == 3))[..., None]
-        if cfg.sign_canon == "symmetrize":
-            return self.mlp(name, u) + jnp.where(signed, self.mlp(name, -u), 0.0)
-        idx = jnp.argmax(jnp.abs(u), axis=-1)
-        v = jnp.take_along_axis(u, idx[..., None], -1)
-        s = jnp.where(v == 0, 1.0, jnp.sign(v)).astype(u.dtype)
-        return self.mlp(name, jnp.where(signed, s * u, u))
+        sign = None if self.cfg.sign_canon == "symmetrize" else _canon_sign([_max_abs_sign(x)])
+        pre = _linear(x, self.P[f"{name}.lin.0.weight"])
+        return self.inv_tail(name, pre, jnp.sum(x * x, -1, keepdims=True), g, sign)
 
-    def scale_eq(self, name: str, x: Array, g: Array) -> Array:
-        return _linear(x, self.P[f"{name}.gamma.weight"]) * self.scale_inv(f"{name}.inv", x, g)
+    def scale_eq(self, name: str, parts: Sequence[tuple[Array, Callable[[Array], Array] | None]],
+                 g: Array) -> Array:
+        """`ScaleEq_G` of the concatenation of `parts` without building it on every row.
+
+        A part `(x, gather)` with a `gather` lives on nodes: its share of the first Linears
+        (`gamma` and the ScaleInv's `W_0`) is computed once per node, then gathered to rows.
+        """
+        wg, w0 = self.P[f"{name}.gamma.weight"], self.P[f"{name}.inv.lin.0.weight"]
+        d = wg.shape[0]
+        total: Array | None = None
+        sq: Array | None = None
+        signs = []
+        off = 0
+        for x, gather in parts:
+            n = x.shape[-1]
+            y = _linear(x, jnp.concatenate([wg[:, off:off + n], w0[:, off:off + n]], 0))
+            s2 = jnp.sum(x * x, -1, keepdims=True)
+            ms = _max_abs_sign(x) if self.cfg.sign_canon == "canonicalize" else None
+            if gather is not None:
+                y, s2 = gather(y), gather(s2)
+                ms = None if ms is None else (gather(ms[0]), gather(ms[1]))
+            total = y if total is None else total + y
+            sq = s2 if sq is None else sq + s2
+            if ms is not None:
+                signs.append(ms)
+            off += n
+        assert total is not None and sq is not None
+        sign = _canon_sign(signs) if signs else None
+        return total[..., :d] * self.inv_tail(f"{name}.inv", total[..., d:], sq, g, sign)
 
 
-def _norm(x: Array) -> Array:
-    """`||x||` over the last axis with gradient 0 at `x = 0` (torch's), not NaN: a hidden node
-    with a zero state (a zero bias, a padding node) must not poison the whole gradient."""
-    sq = jnp.sum(x * x, -1, keepdims=True)
+def _sqrt0(sq: Array) -> Array:
+    """`sqrt(sq)` with gradient 0 at 0 (torch's norm), not NaN."""
     nonzero = sq > 0
     return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+def _max_abs_sign(x: Array) -> tuple[Array, Array]:
+    """Largest magnitude of each row and the sign of the first entry reaching it: `[..., 1]`."""
+    idx = jnp.argmax(jnp.abs(x), axis=-1)
+    v = jnp.take_along_axis(x, idx[..., None], -1)
+    return jnp.abs(v), jnp.sign(v)
+
+
+def _canon_sign(parts: list[tuple[Array, Array]]) -> Array:
+    """Sign of the largest-magnitude entry of a concatenation (earlier parts win ties; 1 for 0)."""
+    m, s = parts[0]
+    for m2, s2 in parts[1:]:
+        take = m2 > m
+        s, m = jnp.where(take, s2, s), jnp.where(take, m2, m)
+    return jnp.where(s == 0, 1.0, s)
 
 
 def _segment_sum(x: Array, seg: Array, n: int) -> Array:
@@ -177,7 +227,7 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
     """
     cx = _Ctx(params, cfg, key)
     g: _Segments | _Dense = _Dense(b) if isinstance(b, DenseGraphBatch) else _Segments(b)
-    P = params
+    P, d = params, cfg.d_hidden
     # Per-node index arrays of the shared graph ([N]; the union's for a GraphBatch); feature
     # arrays carry the batch axis first in the dense layout and broadcast against these.
     role, pos, lyr = b.node_role, b.node_pos, b.node_layer
@@ -210,7 +260,7 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
         pre = f"layers.{t}"
         # Row-wise linear maps commute with gathers: project the N nodes, then gather to E edges.
         r = g.at_src(_linear(h, P[f"{pre}.fwd.rescale.a.weight"])) * _linear(e, P[f"{pre}.fwd.rescale.b.weight"])
-        z = jnp.concatenate([g.at_dst(h), r], -1) if cfg.message_receiver else r
+        z = [(h, g.at_dst), (r, None)] if cfg.message_receiver else [(r, None)]
         m = cx.scale_eq(f"{pre}.fwd.msg", z, grp_dst)
         parts = [h, g.sum_at_dst(m)]
         if cfg.bidirectional:
@@ -218,16 +268,17 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
             if cfg.symmetry != "permutation" and not _NAIVE_BACKWARD:
                 sq = jnp.sum(h * h, -1, keepdims=True)
                 rb = rb * (g.at_src(sq) / jnp.maximum(g.at_dst(sq), cfg.norm_eps**2))
-            zb = jnp.concatenate([g.at_src(h), rb], -1) if cfg.message_receiver else rb
+            zb = [(h, g.at_src), (rb, None)] if cfg.message_receiver else [(rb, None)]
             mb = cx.scale_eq(f"{pre}.bwd.msg", zb, grp_src)
             parts.append(g.sum_at_src(mb))
-        hn = cx.scale_eq(f"{pre}.upd", jnp.concatenate(parts, -1), grp)
+        hn = cx.scale_eq(f"{pre}.upd", [(jnp.concatenate(parts, -1), None)], grp)
         if cfg.skip_connections:
             hn = hn + h
         if f"{pre}.edge.gamma.weight" in P:
             inv = cx.scale_inv(f"{pre}.edge.inv", hn, grp)
-            en = _linear(e, P[f"{pre}.edge.gamma.weight"]) * cx.mlp(
-                f"{pre}.edge.mlp", jnp.concatenate([g.at_src(inv), g.at_dst(inv)], -1))
+            w0 = P[f"{pre}.edge.mlp.lin.0.weight"]  # first Linear of [inv_src, inv_dst], per node
+            en = _linear(e, P[f"{pre}.edge.gamma.weight"]) * cx.tail(
+                f"{pre}.edge.mlp", g.at_src(_linear(inv, w0[:, :d])) + g.at_dst(_linear(inv, w0[:, d:])))
             e = en + e if cfg.skip_connections else en
         h = hn
     if cfg.head == "equivariant":
