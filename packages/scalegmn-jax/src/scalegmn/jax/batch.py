@@ -1,4 +1,13 @@
-"""Batches of network graphs for the JAX model (a disjoint union with segment sums)."""
+"""Batches of network graphs for the JAX model.
+
+Two layouts, as in the torch backend:
+
+* `DenseGraphBatch`: networks of one shape (same layer widths and kernel layout;
+  activations may differ), stacked: node arrays `[B, N, ...]`, edge arrays `[B, E, ...]`.
+  Messages are broadcasts and sums over the per-layer blocks `[B, n_l, n_{l-1}, ...]`.
+* `GraphBatch`: the disjoint union of graphs of any architectures, aggregated with
+  segment sums.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,14 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 import jax.numpy as jnp
-from scalegmn.weightgraph import Network, activation_group, split_graph_features, to_graph_batch
+from scalegmn.weightgraph import (
+    Network,
+    NetworkSpec,
+    activation_group,
+    layout,
+    split_graph_features,
+    to_graph_batch,
+)
 
 GROUP_CODE = {"permutation": 0, "scale": 1, "sign": 2, "nonzero": 3}
 
@@ -41,14 +57,96 @@ class GraphBatch(eqx.Module):
         return split_graph_features(self.specs, np.asarray(node_features), np.asarray(edge_features))
 
 
-def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None) -> GraphBatch:
+class DenseGraphBatch(eqx.Module):
+    """The graphs of `B` networks of one shape, stacked (the fast path).
+
+    `node_features`, `edge_features` and `node_group` have a leading batch axis; the other
+    index arrays describe the one shared graph (`src`, `dst` index its `N` nodes). Edges
+    are in layer blocks, target-major inside a block, so block `l` (1..L) reshapes to
+    `[B, n_l, n_{l-1}, ...]`.
+    """
+
+    node_features: Float[Array, "B N 1"]
+    edge_features: Float[Array, "B E de"]
+    node_group: Int[Array, "B N"]
+    src: Int[Array, " E"]
+    dst: Int[Array, " E"]
+    node_role: Int[Array, " N"]
+    node_pos: Int[Array, " N"]
+    node_layer: Int[Array, " N"]
+    edge_layer: Int[Array, " E"]
+    edge_mask: Bool[Array, "E de"]
+    widths: tuple[int, ...] = eqx.field(static=True)
+    n_graphs: int = eqx.field(static=True)
+    specs: tuple = eqx.field(static=True)
+
+    def to_networks(self, node_features: Array, edge_features: Array) -> list[Network]:
+        """Decode features laid out like this batch (an equivariant head's output) to networks."""
+        node, edge = np.asarray(node_features), np.asarray(edge_features)
+        return split_graph_features(self.specs, node.reshape(-1, node.shape[-1]),
+                                    edge.reshape(-1, edge.shape[-1]))
+
+
+def _shape_key(spec: NetworkSpec) -> tuple:
+    """What fixes the graph's arrays (not the activations): equal keys stack densely."""
+    lay = layout(spec)
+    return tuple(lay.widths), lay.d_edge, lay.edge_mask.tobytes()
+
+
+def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None, *,
+            dense: bool | None = None) -> GraphBatch | DenseGraphBatch:
     """Build a batch from networks (architectures may differ).
+
+    Networks of one shape (equal layer widths and kernel layout; activations may differ)
+    become a `DenseGraphBatch` (the fast path), others a `GraphBatch` disjoint union. Both
+    give the same model outputs.
 
     Args:
         networks: the networks.
         dtype: float dtype of the features (default: the networks' dtype; float64 needs
             `jax_enable_x64`).
+        dense: force the layout (`True` raises if the shapes differ; `False` always builds
+            the disjoint union); default: dense when possible.
+
+    Raises:
+        TypeError: an item is not a `Network`.
+        ValueError: no networks, or `dense=True` for networks of different shapes.
     """
+    arrays, specs = graph_arrays(networks)
+    dt = dtype or arrays["node_features"].dtype
+
+    def put(v: np.ndarray) -> Array:
+        return jnp.asarray(v, dtype=dt if v.dtype.kind == "f" else None)
+
+    distinct = {s.model_dump_json(): s for s in specs}.values()
+    same_shape = len({_shape_key(s) for s in distinct}) == 1
+    if dense and not same_shape:
+        raise ValueError("dense=True needs networks of one shape (same widths and kernels); "
+                         "these differ: use dense=None for a disjoint-union batch")
+    if dense is False or not same_shape:
+        return GraphBatch(**{k: put(v) for k, v in arrays.items()}, n_graphs=len(networks), specs=specs)
+    B = len(networks)
+    lay = layout(specs[0])
+    n, e = int(lay.node_offsets[-1]), int(lay.edge_offsets[-1])
+    return DenseGraphBatch(
+        node_features=put(arrays["node_features"].reshape(B, n, -1)),
+        edge_features=put(arrays["edge_features"].reshape(B, e, -1)),
+        node_group=put(arrays["node_group"].reshape(B, n)),
+        src=put(lay.edge_index[0]),
+        dst=put(lay.edge_index[1]),
+        node_role=put(lay.node_role),
+        node_pos=put(lay.node_pos),
+        node_layer=put(lay.node_layer),
+        edge_layer=put(lay.edge_layer),
+        edge_mask=put(lay.edge_mask),
+        widths=tuple(int(w) for w in lay.widths),
+        n_graphs=B,
+        specs=specs,
+    )
+
+
+def graph_arrays(networks: Sequence[Network]) -> tuple[dict[str, np.ndarray], tuple]:
+    """The array fields of `collate(networks)` as numpy arrays, and the specs."""
     if not networks:
         raise ValueError("collate needs at least one network")
     for k, n in enumerate(networks):
@@ -60,19 +158,17 @@ def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None) -> Grap
     for i in hidden:
         spec = gb.specs[gb.node_batch[i]]
         group[i] = GROUP_CODE[activation_group(spec.layers[gb.node_layer[i] - 1].activation)]
-    dt = dtype or gb.node_features.dtype
-    return GraphBatch(
-        node_features=jnp.asarray(gb.node_features, dtype=dt),
-        edge_features=jnp.asarray(gb.edge_features, dtype=dt),
-        src=jnp.asarray(gb.edge_index[0]),
-        dst=jnp.asarray(gb.edge_index[1]),
-        node_role=jnp.asarray(gb.node_role),
-        node_pos=jnp.asarray(gb.node_pos),
-        node_layer=jnp.asarray(gb.node_layer),
-        node_group=jnp.asarray(group),
-        node_batch=jnp.asarray(gb.node_batch),
-        edge_layer=jnp.asarray(gb.edge_layer),
-        edge_mask=jnp.asarray(gb.edge_mask),
-        n_graphs=len(networks),
-        specs=tuple(gb.specs),
-    )
+    arrays = {
+        "node_features": gb.node_features,
+        "edge_features": gb.edge_features,
+        "src": gb.edge_index[0],
+        "dst": gb.edge_index[1],
+        "node_role": gb.node_role,
+        "node_pos": gb.node_pos,
+        "node_layer": gb.node_layer,
+        "node_group": group,
+        "node_batch": gb.node_batch,
+        "edge_layer": gb.edge_layer,
+        "edge_mask": gb.edge_mask,
+    }
+    return {k: np.asarray(v) for k, v in arrays.items()}, tuple(gb.specs)

@@ -1,0 +1,275 @@
+"""Training-step benchmark of scalegmn.jax for one thread count (run by `bench.py`).
+
+Usage: `python benchmarks/bench_jax.py --threads 2 --json out.json [--quick]`.
+Writes a JSON list of rows with the schema of `bench_torch.py` (same configurations,
+batch 64, hidden 128, 4 layers; the step is forward, backward, clipping and AdamW).
+
+JAX has one mode, `jit` (the whole step is one XLA program; op-by-op execution is not a
+way anyone trains), so the torch mode names `eager` and `compiled` both select it. The
+thread count is applied before jax is imported: the process is pinned to `T` cores (XLA
+sizes its thread pool from them) and, for one thread, Eigen's multi-threading is switched
+off with `XLA_FLAGS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "mnist-inr-fwd": {"net": "siren", "bidirectional": False},
+    "mnist-inr-bidir": {"net": "siren", "bidirectional": True},
+    "cnn-relu-fwd": {"net": "cnn-relu", "bidirectional": False},
+    "cnn-relu-bidir": {"net": "cnn-relu", "bidirectional": True},
+    "cnn-tanh-fwd": {"net": "cnn-tanh", "bidirectional": False},
+    "cnn-tanh-bidir": {"net": "cnn-tanh", "bidirectional": True},
+}
+BATCH = 64
+D_HIDDEN = 128
+N_LAYERS = 4
+MODES = {"jit": "jit", "eager": "jit", "compiled": "jit"}
+
+
+def limit_threads(threads: int) -> dict[str, Any]:
+    """Restrict XLA's CPU threads to `threads` (call before importing jax)."""
+    info: dict[str, Any] = {}
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if threads < len(cpus):
+            os.sched_setaffinity(0, set(cpus[:threads]))
+        info["affinity"] = sorted(os.sched_getaffinity(0))
+    if threads == 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+    info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    return info
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, load and library versions of this run."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import equinox
+    import jax
+    import optax
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "loadavg": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "equinox": equinox.__version__,
+        "optax": optax.__version__,
+        "allocator": "LD_PRELOAD=" + os.environ["LD_PRELOAD"] if os.environ.get("LD_PRELOAD") else "default",
+    }
+
+
+def matmul_rate(seconds: float = 1.0) -> float:
+    """The machine's dense float32 matmul rate (GFLOP/s): 1024x1024 products in a loop."""
+    import jax
+    import jax.numpy as jnp
+
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (1024, 1024), jnp.float32)
+    b = jax.random.normal(kb, (1024, 1024), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    for _ in range(3):
+        mm(a, b).block_until_ready()
+    rates = []
+    for _ in range(5):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 5:
+            mm(a, b).block_until_ready()
+            n += 1
+        rates.append(2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9)
+    return max(rates)
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(name: str, seed: int = 0) -> tuple[Any, Any, Any, Any, Any]:
+    """Config, model, batch, labels and per-example loss of a configuration."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
+    from scalegmn.weightgraph import NetworkSpec, random_network
+
+    c = CONFIGS[name]
+    rng = np.random.default_rng(seed)
+    if c["net"] == "siren":
+        spec = NetworkSpec.siren((2, 32, 32, 1), output_offset=0.5)
+        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10,
+                             bidirectional=c["bidirectional"])
+        labels = jnp.asarray(rng.integers(0, 10, BATCH))
+        loss: Any = "cross_entropy"
+    else:
+        spec = NetworkSpec.small_cnn(activation=c["net"].split("-")[1])
+        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
+                             bidirectional=c["bidirectional"])
+        labels = jnp.asarray(rng.random(BATCH), jnp.float32)
+
+        def loss(y: Any, t: Any) -> Any:
+            return (jax.nn.sigmoid(y[:, 0]) - t) ** 2
+    nets = [random_network(spec, rng=seed * 100_000 + k) for k in range(BATCH)]
+    model = ScaleGMN(cfg, key=jax.random.key(seed))
+    return cfg, model, collate(nets, dtype=jnp.float32), labels, loss
+
+
+def matmul_flops(fn: Any, *args: Any) -> int:
+    """FLOPs of the matrix products (`dot_general`) in the traced computation of `fn(*args)`."""
+    import jax
+    from jax.extend import core
+
+    def walk(jaxpr: Any) -> int:
+        total = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (lc, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                k = 1
+                for d in lc:
+                    k *= lhs[d]
+                n_out = 1
+                for d in eqn.outvars[0].aval.shape:
+                    n_out *= d
+                total += 2 * n_out * k
+            for p in eqn.params.values():
+                for sub in p if isinstance(p, tuple | list) else (p,):
+                    if isinstance(sub, core.ClosedJaxpr):
+                        total += walk(sub.jaxpr)
+                    elif isinstance(sub, core.Jaxpr):
+                        total += walk(sub)
+        return total
+
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) -> dict[str, Any]:
+    """Time jit-compiled training steps (forward, backward, AdamW) of one configuration."""
+    import equinox as eqx
+    import jax
+
+    from scalegmn.jax import forward, init_optimizer, make_optimizer, make_train_step
+    from scalegmn.jax.train import LOSSES
+
+    _reset_peak()
+    cfg, model, batch, labels, loss = build(name)
+    opt = make_optimizer(lr=1e-4, weight_decay=0.01, warmup_steps=0, clip_norm=10.0)
+    state = init_optimizer(opt, model)
+    step = make_train_step(cfg, opt, loss=loss)
+    key = jax.random.key(1)
+
+    def run() -> None:
+        nonlocal model, state
+        model, state, value = step(model, state, batch, labels, key)
+        jax.block_until_ready(value)
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        run()
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    peak = _peak_mb()
+    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+
+    def objective(params: Any) -> Any:
+        out = forward(params, cfg, batch, key)
+        assert not isinstance(out, tuple)
+        return loss_fn(out, labels).mean()
+
+    flops = matmul_flops(eqx.filter_value_and_grad(objective), model.params)
+    gflops = flops / step_s / 1e9
+    return {
+        "config": name,
+        "backend": "jax",
+        "threads": threads,
+        "mode": "jit",
+        "batch": BATCH,
+        "step_ms": step_s * 1e3,
+        "step_ms_min": min(times) * 1e3,
+        "repeats": repeats,
+        "warmup_s": warm_s,
+        "networks_per_s": BATCH / step_s,
+        "gflop_per_network": flops / BATCH / 1e9,
+        "gflop_per_network_model": flops / BATCH / 1e9,
+        "gflop_per_s": gflops,
+        "matmul_gflop_per_s": rate,
+        "matmul_fraction": gflops / rate,
+        "peak_rss_mb": peak,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every configuration for one thread count and write the rows as JSON."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--quick", action="store_true", help="few steps, smoke run")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    p.add_argument("--modes", default="jit", help="jit (eager and compiled are accepted as jit)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per configuration")
+    a = p.parse_args(argv)
+    limits = limit_threads(a.threads)
+    unknown = [m for m in a.modes.split(",") if m not in MODES]
+    if unknown:
+        p.error(f"unknown mode(s) {unknown}; JAX has {sorted(MODES)}")
+    modes = sorted({MODES[m] for m in a.modes.split(",")})
+    repeats, warmup = (2, 1) if a.quick else (7, 2)
+    repeats = a.repeats or repeats
+    info = {**machine_info(), **limits}
+    rows = []
+    for name in a.configs.split(","):
+        for mode in modes:
+            rate = matmul_rate(0.5 if a.quick else 1.0)
+            try:
+                row = run_config(name, a.threads, repeats, warmup, rate)
+            except Exception as err:  # a failing configuration is reported, not fatal
+                row = {"config": name, "backend": "jax", "threads": a.threads, "mode": mode,
+                       "error": f"{type(err).__name__}: {err}"}
+            row["machine"] = {**info, "loadavg_end": list(os.getloadavg())}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "machine"}), file=sys.stderr, flush=True)
+    a.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
