@@ -71,7 +71,7 @@ def edit(
     from .zoo.store import ZooError
 
     try:
-        raw: dict = {}
+        raw: dict[str, object] = {}
         if config is not None:
             text = config.read_text()
             if config.suffix in (".yaml", ".yml"):
@@ -82,7 +82,7 @@ def edit(
                 raw = json.loads(text)
         cfg = EditConfig.model_validate(raw)
         gmn = {k: v for k, v in {"d_hidden": d_hidden, "n_layers": n_layers}.items() if v is not None}
-        update = {"epochs": epochs, **({"max_train": max_train} if max_train is not None else {})}
+        update: dict[str, object] = {"epochs": epochs, **({"max_train": max_train} if max_train is not None else {})}
         if gmn:
             update["gmn"] = cfg.gmn.model_copy(update=gmn).model_dump()
         cfg = EditConfig.model_validate({**cfg.model_dump(), **update})

@@ -40,7 +40,7 @@ from scalegmn.weightgraph import DenseLayer, Network, NetworkSpec, ScaleGMNConfi
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from scalegmn.torch import DenseGraphs, ScaleGMN
+    from scalegmn.torch import DenseGraphs
 
 
 class EditingError(ValueError):
