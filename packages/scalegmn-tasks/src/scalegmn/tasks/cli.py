@@ -70,5 +70,54 @@ def evaluate(
     typer.echo(json.dumps({"run": str(run), "split": split, metric: value}))
 
 
+@app.command()
+def edit(
+    zoo: Annotated[Path, typer.Argument(help="An INR zoo of grayscale SIRENs (scalegmn zoo build inr).")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    out: Annotated[Path, typer.Option(help="Folder for editing.png, metrics.jsonl and result.json.")] = Path(
+        "scalegmn-edit"
+    ),
+    config: Annotated[Path | None, typer.Option(help="An EditConfig (JSON or YAML); the options override it.")] = None,
+    d_hidden: Annotated[int | None, typer.Option(help="Hidden width of the ScaleGMN.")] = None,
+    n_layers: Annotated[int | None, typer.Option(help="Message-passing layers of the ScaleGMN.")] = None,
+    max_train: Annotated[int | None, typer.Option(help="Use only this many train INRs.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a ScaleGMN to edit SIRENs so their images are dilated (INR editing) and report test MSE."""
+    from pydantic import ValidationError
+
+    from .editing import EditConfig, EditingError, train_editing
+    from .zoo.store import ZooError
+
+    try:
+        raw: dict[str, object] = {}
+        if config is not None:
+            text = config.read_text()
+            if config.suffix in (".yaml", ".yml"):
+                import yaml
+
+                raw = yaml.safe_load(text) or {}
+            else:
+                raw = json.loads(text)
+        cfg = EditConfig.model_validate(raw)
+        gmn = {k: v for k, v in {"d_hidden": d_hidden, "n_layers": n_layers}.items() if v is not None}
+        update: dict[str, object] = {"epochs": epochs, **({"max_train": max_train} if max_train is not None else {})}
+        if gmn:
+            update["gmn"] = cfg.gmn.model_copy(update=gmn).model_dump()
+        cfg = EditConfig.model_validate({**cfg.model_dump(), **update})
+    except (ValidationError, ValueError) as err:
+        typer.echo(f"error: invalid editing config:\n{err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        result = train_editing(zoo, cfg, progress=progress, out=out)
+    except (EditingError, ZooError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    summary = {k: v for k, v in result.items() if k not in ("history", "model")}
+    summary["config"] = cfg.model_dump(mode="json")
+    (out / "result.json").write_text(json.dumps({**summary, "history": result["history"]}, indent=1))
+    typer.echo(json.dumps(summary))
+
+
 if __name__ == "__main__":
     app()
