@@ -162,16 +162,19 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: an end-to-end run on a real network (train, convert, decode, compare).
+    """The main job: `scalegmn demo` (MNIST-5k INR zoo, ScaleGMN-B vs GMN vs MLP, table and plot).
 
-    `nox -s demo -- scalegmn` runs the `scalegmn demo` command instead (zoo, training,
-    comparison); pass further arguments after it, e.g. `-- scalegmn --quick`.
+    Arguments after `--` go to the command, e.g. `nox -s demo -- --quick --out /tmp/demo`.
     """
     session.install("-r", "requirements-dev.txt")
-    if session.posargs[:1] == ["scalegmn"]:
-        session.run("scalegmn", "demo", *session.posargs[1:])
-    else:
-        session.run("python", "examples/convert_network.py", *session.posargs)
+    session.run("scalegmn", "demo", *session.posargs)
+
+
+@nox.session
+def example(session: nox.Session) -> None:
+    """A small end-to-end conversion example on a real network (train, convert, decode, compare)."""
+    session.install("-r", "requirements-dev.txt")
+    session.run("python", "examples/convert_network.py", *session.posargs)
 
 
 @nox.session
