@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import benchcommon
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "mnist-inr-fwd": {"net": "siren", "bidirectional": False},
@@ -55,29 +55,11 @@ def limit_threads(threads: int) -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     """CPU, load and library versions of this run."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import equinox
     import jax
     import optax
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "loadavg": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "equinox": equinox.__version__,
-        "optax": optax.__version__,
-        "allocator": "LD_PRELOAD=" + os.environ["LD_PRELOAD"] if os.environ.get("LD_PRELOAD") else "default",
-    }
-
+    return benchcommon.machine_info(jax=jax.__version__, equinox=equinox.__version__, optax=optax.__version__)
 
 def matmul_rate(seconds: float = 1.0) -> float:
     """The machine's dense float32 matmul rate (GFLOP/s): 1024x1024 products in a loop."""
@@ -88,35 +70,7 @@ def matmul_rate(seconds: float = 1.0) -> float:
     a = jax.random.normal(ka, (1024, 1024), jnp.float32)
     b = jax.random.normal(kb, (1024, 1024), jnp.float32)
     mm = jax.jit(jnp.matmul)
-    for _ in range(3):
-        mm(a, b).block_until_ready()
-    rates = []
-    for _ in range(5):
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 5:
-            mm(a, b).block_until_ready()
-            n += 1
-        rates.append(2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9)
-    return max(rates)
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
+    return benchcommon.rate_loop(lambda: mm(a, b).block_until_ready(), seconds)
 
 def build(name: str, seed: int = 0) -> tuple[Any, Any, Any, Any, Any]:
     """Config, model, batch, labels and per-example loss of a configuration."""
@@ -185,7 +139,7 @@ def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) 
     from scalegmn.jax import forward, init_optimizer, make_optimizer, make_train_step
     from scalegmn.jax.train import LOSSES
 
-    _reset_peak()
+    benchcommon.reset_peak()
     cfg, model, batch, labels, loss = build(name)
     opt = make_optimizer(lr=1e-4, weight_decay=0.01, warmup_steps=0, clip_norm=10.0)
     state = init_optimizer(opt, model)
@@ -207,7 +161,7 @@ def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) 
         run()
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
-    peak = _peak_mb()
+    peak = benchcommon.peak_mb()
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
 
     def objective(params: Any) -> Any:

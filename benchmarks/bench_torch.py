@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import benchcommon
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "mnist-inr-fwd": {"net": "siren", "bidirectional": False},
@@ -33,25 +33,9 @@ N_LAYERS = 4
 
 def machine_info() -> dict[str, Any]:
     """CPU, load and library versions of this run."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "loadavg": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "allocator": "LD_PRELOAD=" + os.environ["LD_PRELOAD"] if os.environ.get("LD_PRELOAD") else "default",
-    }
-
+    return benchcommon.machine_info(torch=torch.__version__)
 
 def matmul_rate(threads: int, seconds: float = 1.0) -> float:
     """The machine's dense float32 matmul rate (GFLOP/s): 1024x1024 products in a loop."""
@@ -60,35 +44,7 @@ def matmul_rate(threads: int, seconds: float = 1.0) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     out = torch.empty(1024, 1024)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
-    rates = []
-    for _ in range(5):
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 5:
-            torch.mm(a, b, out=out)
-            n += 1
-        rates.append(2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9)
-    return max(rates)
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
+    return benchcommon.rate_loop(lambda: torch.mm(a, b, out=out), seconds)
 
 def build(name: str, seed: int = 0) -> tuple[Any, Any, Callable[[Any], Any]]:
     """Model, batch and loss of a configuration."""
@@ -149,7 +105,7 @@ def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
     from scalegmn.torch import compile_model
 
     torch.set_num_threads(threads)
-    _reset_peak()
+    benchcommon.reset_peak()
     model, batch, loss_fn = build(name)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     fwd = compile_model(model) if mode == "compiled" else model
@@ -171,7 +127,7 @@ def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
         step()
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
-    peak = _peak_mb()
+    peak = benchcommon.peak_mb()
     model_flops = matmul_flops(model, batch, loss_fn, fused=False)
     mm_flops = model_flops if mode == "compiled" else matmul_flops(model, batch, loss_fn, fused=True)
     gflop_net = mm_flops / len(batch) / 1e9
