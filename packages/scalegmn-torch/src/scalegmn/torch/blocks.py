@@ -125,7 +125,9 @@ def norm_factor(sq: Tensor, grp: Grp, eps: float) -> Tensor | None:
     """
     if not grp.any_norm:
         return None
-    f = sq.sqrt().clamp_min(eps).reciprocal()
+    # max(sqrt(sq), eps) as sqrt(max(sq, eps^2)): same value, and a zero gradient (not
+    # 0 * inf = NaN) where a state is exactly zero.
+    f = sq.clamp_min(eps * eps).sqrt().reciprocal()
     if isinstance(grp.norm, Tensor):
         f = torch.where(grp.norm > 0, f, torch.ones_like(f))
     return f
