@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from scalegmn.weightgraph import DenseLayer, Network, NetworkSpec, ScaleGMNConfig
+
+from .train import LoopConfig
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -170,37 +172,23 @@ def dilate(images: Tensor) -> Tensor:
 TargetKind = Literal["auto", "source", "render"]
 
 
-class EditConfig(BaseModel):
+class EditConfig(LoopConfig):
     """One INR-editing run (unknown keys and impossible values are refused before any work).
 
     Attributes:
         gmn: the model; `head` must be `"equivariant"` (the default here).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up steps, then a constant learning rate.
-        grad_clip: gradient norm clipping.
-        batch_size: INRs per step.
-        epochs: passes over the (possibly truncated) train split.
-        seed: model initialisation and batch order.
-        max_train: use only the first `max_train` train INRs.
         max_eval: use only the first `max_eval` val and test INRs.
         target: `"source"` (the dilated source image; error if it cannot be loaded),
             `"render"` (the dilated render of the input SIREN), `"auto"` (source if possible).
         n_examples: test INRs shown in the PNG.
+
+    The optimisation settings (`lr`, `weight_decay`, `warmup_steps`, `grad_clip`,
+    `batch_size`, `epochs`, `seed`, `max_train`) are those of `LoopConfig`.
     """
 
-    model_config = ConfigDict(extra="forbid")
     gmn: ScaleGMNConfig = Field(
         default_factory=lambda: ScaleGMNConfig(d_hidden=32, n_layers=2, head="equivariant")
     )
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_steps: int = Field(default=100, ge=0)
-    grad_clip: float = Field(default=10.0, gt=0)
-    batch_size: int = Field(default=32, ge=1)
-    epochs: int = Field(default=10, ge=1)
-    seed: int = 0
-    max_train: int | None = Field(default=None, ge=1)
     max_eval: int | None = Field(default=None, ge=1)
     target: TargetKind = "auto"
     n_examples: int = Field(default=6, ge=1)

@@ -45,7 +45,32 @@ class TrainError(ValueError):
     """A run that cannot start: bad config, a zoo that does not fit, a resume that does not match."""
 
 
-class RunConfig(BaseModel):
+class LoopConfig(BaseModel):
+    """The optimisation settings every training loop here shares (the paper's protocol).
+
+    Attributes:
+        lr: AdamW learning rate (constant after the warm-up).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        grad_clip: gradient norm clipping.
+        batch_size: networks per step.
+        epochs: passes over the (possibly truncated) train split.
+        seed: model initialisation and batch order.
+        max_train: use only the first `max_train` train networks.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    grad_clip: float = Field(default=10.0, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    seed: int = 0
+    max_train: int | None = Field(default=None, ge=1)
+
+
+class RunConfig(LoopConfig):
     """One training run (unknown keys and impossible values are refused before any work).
 
     Attributes:
@@ -62,22 +87,15 @@ class RunConfig(BaseModel):
             scalar per layer commutes with permutations, sign flips and scalings), so that
             tiny SIREN weights (~1e-2) reach the model at unit scale; `"none"` feeds raw weights.
         threads: torch threads per process (None: torch's default).
+
+    The optimisation settings are those of `LoopConfig`.
     """
 
-    model_config = ConfigDict(extra="forbid")
     zoo: str
     model: ModelKind = "scalegmn"
     gmn: ScaleGMNConfig = Field(default_factory=lambda: ScaleGMNConfig(d_hidden=32, n_layers=2, d_out=10))
     mlp_hidden: int = Field(default=256, ge=1)
     task: Task = "auto"
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_steps: int = Field(default=100, ge=0)
-    grad_clip: float = Field(default=10.0, gt=0)
-    batch_size: int = Field(default=32, ge=1)
-    epochs: int = Field(default=10, ge=1)
-    seed: int = 0
-    max_train: int | None = Field(default=None, ge=1)
     input_scaling: Literal["layer", "none"] = "layer"
     threads: int | None = Field(default=None, ge=1)
 
