@@ -35,9 +35,25 @@ def test_torch_round_trip_exact_and_same_function(spec, seed, dtype):
     x = np.random.default_rng(seed).normal(size=(3, *spec.input_shape)).astype(dtype)
     with torch.no_grad():
         y = mod(torch.from_numpy(x)).numpy()
-    # float32: pre-activations reach ~10, so outputs near zero carry ~1e-6 absolute rounding
-    tol = (1e-5, 1e-5) if dtype == np.float32 else (1e-10, 1e-12)
-    np.testing.assert_allclose(y, forward(net, x), rtol=tol[0], atol=tol[1])
+    assert_same_function(y, net, x)
+
+
+def assert_same_function(y: np.ndarray, net, x: np.ndarray) -> None:
+    """`y` is `net`'s function at `x` to rounding.
+
+    float64: 1e-10 relative. float32: a deep sine network (w0 up to 30) amplifies rounding
+    far beyond 1e-5, so the float32 output must be as close to the float64 function of the
+    same weights as the numpy float32 forward is (within a factor 4), or within 1e-5 of the
+    output scale.
+    """
+    if net.dtype == np.float64:
+        np.testing.assert_allclose(y, forward(net, x), rtol=1e-10, atol=1e-12)
+        return
+    ref = forward(net.astype(np.float64), x.astype(np.float64))
+    err_numpy = float(np.abs(forward(net, x) - ref).max())
+    err = float(np.abs(y - ref).max())
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert err <= 4 * err_numpy + 1e-5 * scale, (err, err_numpy, scale)
 
 
 def test_plain_siren_module_and_dws_convention():
