@@ -14,11 +14,8 @@ off with `XLA_FLAGS`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +148,7 @@ def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) 
         model, state, value = step(model, state, batch, labels, key)
         jax.block_until_ready(value)
 
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        run()
-    warm_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
+    warm_s, times = benchcommon.time_steps(run, warmup, repeats)
     peak = benchcommon.peak_mb()
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
 
@@ -170,25 +158,9 @@ def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) 
         return loss_fn(out, labels).mean()
 
     flops = matmul_flops(eqx.filter_value_and_grad(objective), model.params)
-    gflops = flops / step_s / 1e9
-    return {
-        "config": name,
-        "backend": "jax",
-        "threads": threads,
-        "mode": "jit",
-        "batch": BATCH,
-        "step_ms": step_s * 1e3,
-        "step_ms_min": min(times) * 1e3,
-        "repeats": repeats,
-        "warmup_s": warm_s,
-        "networks_per_s": BATCH / step_s,
-        "gflop_per_network": flops / BATCH / 1e9,
-        "gflop_per_network_model": flops / BATCH / 1e9,
-        "gflop_per_s": gflops,
-        "matmul_gflop_per_s": rate,
-        "matmul_fraction": gflops / rate,
-        "peak_rss_mb": peak,
-    }
+    return benchcommon.step_row(config=name, backend="jax", threads=threads, mode="jit", batch=BATCH,
+                                times=times, warm_s=warm_s, flops=flops, model_flops=flops, rate=rate,
+                                peak=peak)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,20 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     repeats, warmup = (2, 1) if a.quick else (7, 2)
     repeats = a.repeats or repeats
     info = {**machine_info(), **limits}
-    rows = []
-    for name in a.configs.split(","):
-        for mode in modes:
-            rate = matmul_rate(0.5 if a.quick else 1.0)
-            try:
-                row = run_config(name, a.threads, repeats, warmup, rate)
-            except Exception as err:  # a failing configuration is reported, not fatal
-                row = {"config": name, "backend": "jax", "threads": a.threads, "mode": mode,
-                       "error": f"{type(err).__name__}: {err}"}
-            row["machine"] = {**info, "loadavg_end": list(os.getloadavg())}
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "machine"}), file=sys.stderr, flush=True)
-    a.json.write_text(json.dumps(rows, indent=2))
-    return 0
+
+    def run_one(name: str, mode: str) -> dict[str, Any]:
+        return run_config(name, a.threads, repeats, warmup, matmul_rate(0.5 if a.quick else 1.0))
+
+    return benchcommon.write_rows("jax", a.threads, a.configs.split(","), modes, run_one, info, a.json)
 
 
 if __name__ == "__main__":

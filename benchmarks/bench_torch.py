@@ -7,11 +7,7 @@ Writes a JSON list of rows (schema in `benchmarks/README.md`).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,39 +113,13 @@ def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
 
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    warm_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
+    warm_s, times = benchcommon.time_steps(step, warmup, repeats)
     peak = benchcommon.peak_mb()
     model_flops = matmul_flops(model, batch, loss_fn, fused=False)
     mm_flops = model_flops if mode == "compiled" else matmul_flops(model, batch, loss_fn, fused=True)
-    gflop_net = mm_flops / len(batch) / 1e9
-    gflops = mm_flops / step_s / 1e9
-    return {
-        "config": name,
-        "backend": "torch",
-        "threads": threads,
-        "mode": mode,
-        "batch": len(batch),
-        "step_ms": step_s * 1e3,
-        "step_ms_min": min(times) * 1e3,
-        "repeats": repeats,
-        "warmup_s": warm_s,
-        "networks_per_s": len(batch) / step_s,
-        "gflop_per_network": gflop_net,
-        "gflop_per_network_model": model_flops / len(batch) / 1e9,
-        "gflop_per_s": gflops,
-        "matmul_gflop_per_s": rate,
-        "matmul_fraction": gflops / rate,
-        "peak_rss_mb": peak,
-    }
+    return benchcommon.step_row(config=name, backend="torch", threads=threads, mode=mode, batch=len(batch),
+                                times=times, warm_s=warm_s, flops=mm_flops, model_flops=model_flops,
+                                rate=rate, peak=peak)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,20 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     repeats, warmup = (2, 1) if a.quick else (7, 2)
     repeats = a.repeats or repeats
     info = machine_info()
-    rows = []
-    for name in a.configs.split(","):
-        for mode in a.modes.split(","):
-            rate = matmul_rate(a.threads, 0.5 if a.quick else 1.0)
-            try:
-                row = run_config(name, mode, a.threads, repeats, warmup + (1 if mode == "compiled" else 0), rate)
-            except Exception as err:  # a failing configuration is reported, not fatal
-                row = {"config": name, "backend": "torch", "threads": a.threads, "mode": mode,
-                       "error": f"{type(err).__name__}: {err}"}
-            row["machine"] = {**info, "loadavg_end": list(os.getloadavg())}
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "machine"}), file=sys.stderr, flush=True)
-    a.json.write_text(json.dumps(rows, indent=2))
-    return 0
+
+    def run_one(name: str, mode: str) -> dict[str, Any]:
+        rate = matmul_rate(a.threads, 0.5 if a.quick else 1.0)
+        return run_config(name, mode, a.threads, repeats, warmup + (1 if mode == "compiled" else 0), rate)
+
+    return benchcommon.write_rows("torch", a.threads, a.configs.split(","), a.modes.split(","), run_one,
+                                  info, a.json)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,3 +66,65 @@ def peak_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """Run `step` `warmup` times, then time `repeats` calls; `(warm-up seconds, step seconds)`."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return warm_s, times
+
+
+def step_row(*, config: str, backend: str, threads: int, mode: str, batch: int, times: list[float],
+             warm_s: float, flops: float, model_flops: float, rate: float, peak: float) -> dict[str, Any]:
+    """One benchmark row (the schema `bench.py` prints): median step time, throughput, FLOP rates.
+
+    `flops` are the matmul FLOPs the step executes, `model_flops` those of the model's
+    definition (they differ where kernels recompute products), `rate` the machine's matmul
+    GFLOP/s, `peak` the peak resident set in MB.
+    """
+    step_s = statistics.median(times)
+    gflops = flops / step_s / 1e9
+    return {
+        "config": config,
+        "backend": backend,
+        "threads": threads,
+        "mode": mode,
+        "batch": batch,
+        "step_ms": step_s * 1e3,
+        "step_ms_min": min(times) * 1e3,
+        "repeats": len(times),
+        "warmup_s": warm_s,
+        "networks_per_s": batch / step_s,
+        "gflop_per_network": flops / batch / 1e9,
+        "gflop_per_network_model": model_flops / batch / 1e9,
+        "gflop_per_s": gflops,
+        "matmul_gflop_per_s": rate,
+        "matmul_fraction": gflops / rate,
+        "peak_rss_mb": peak,
+    }
+
+
+def write_rows(backend: str, threads: int, configs: list[str], modes: list[str],
+               run_one: Callable[[str, str], dict[str, Any]], info: dict[str, Any], path: Path) -> int:
+    """Run every (configuration, mode), record failures as rows, write the rows as JSON to `path`."""
+    rows = []
+    for name in configs:
+        for mode in modes:
+            try:
+                row = run_one(name, mode)
+            except Exception as err:  # a failing configuration is reported, not fatal
+                row = {"config": name, "backend": backend, "threads": threads, "mode": mode,
+                       "error": f"{type(err).__name__}: {err}"}
+            row["machine"] = {**info, "loadavg_end": list(os.getloadavg())}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "machine"}), file=sys.stderr, flush=True)
+    path.write_text(json.dumps(rows, indent=2))
+    return 0
