@@ -261,7 +261,6 @@ def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
     Returns:
         `(value, metric name)`: accuracy or Kendall's tau.
     """
-    import torch
 
     run = Path(run)
     if not (run / RUN_FILE).is_file() or not (run / BEST_DIR).is_dir():
@@ -279,17 +278,29 @@ def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
         from scalegmn.torch import load_checkpoint
 
         model = load_checkpoint(run / BEST_DIR)
-    model.eval()
     nets, ys = data[split]
+    classify = task == "classification"
+    value = score(model, _eval_batches(cfg, nets, ys), classify)
+    return value, "accuracy" if classify else "kendall_tau"
+
+
+def _eval_batches(cfg: RunConfig, nets: Sequence[Network], ys: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """A split as model-ready batches of 256 with their targets."""
+    return [(_batch(cfg, nets[i:i + 256]), ys[i:i + 256]) for i in range(0, len(nets), 256)]
+
+
+def score(model: Any, batches: Sequence[tuple[Any, np.ndarray]], classify: bool) -> float:
+    """Accuracy (classification) or Kendall's tau of `sigmoid(f(G))` (regression) over batches."""
+    import torch
+
+    model.eval()
     preds = []
     with torch.no_grad():
-        for i in range(0, len(nets), 256):
-            p = model(_batch(cfg, nets[i:i + 256]))
-            preds.append(p.argmax(1).numpy() if task == "classification" else torch.sigmoid(p[:, 0]).numpy())
-    pr = np.concatenate(preds)
-    if task == "classification":
-        return float((pr == ys).mean()), "accuracy"
-    return kendall_tau(pr, ys), "kendall_tau"
+        for xb, _ in batches:
+            p = model(xb)
+            preds.append(p.argmax(1).numpy() if classify else torch.sigmoid(p[:, 0]).numpy())
+    pr, yy = np.concatenate(preds), np.concatenate([y for _, y in batches])
+    return float((pr == yy).mean()) if classify else kendall_tau(pr, yy)
 
 
 def _start_run_dir(out: Path, cfg: RunConfig, resume: bool) -> bool:
@@ -422,8 +433,7 @@ def train_run(
     classify = task == "classification"
     metric_name = "accuracy" if classify else "kendall_tau"
     short = "acc" if classify else "tau"
-    pre = {s: [(_batch(cfg, nets[i:i + 256]), y[i:i + 256]) for i in range(0, len(nets), 256)]
-           for s, (nets, y) in data.items() if s != "train"}
+    pre = {s: _eval_batches(cfg, nets, y) for s, (nets, y) in data.items() if s != "train"}
 
     def loss_fn(pred: Any, y: np.ndarray, scale: float) -> Any:
         if classify:
@@ -433,15 +443,7 @@ def train_run(
         return ((torch.sigmoid(pred[:, 0]) - target) ** 2).sum() * scale
 
     def evaluate(split: str) -> float:
-        model.eval()
-        preds, ys = [], []
-        with torch.no_grad():
-            for xb, yb in pre[split]:
-                p = model(xb)
-                preds.append(p.argmax(1).numpy() if classify else torch.sigmoid(p[:, 0]).numpy())
-                ys.append(yb)
-        pr, yy = np.concatenate(preds), np.concatenate(ys)
-        return float((pr == yy).mean()) if classify else kendall_tau(pr, yy)
+        return score(model, pre[split], classify)
 
     nets, ys = data["train"]
     steps_per_epoch = math.ceil(len(nets) / cfg.batch_size)
