@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 from jaxtyping import Array, Float
@@ -82,35 +83,58 @@ class _Ctx:
         pre = _linear(x, self.P[f"{name}.lin.0.weight"])
         return self.inv_tail(name, pre, jnp.sum(x * x, -1, keepdims=True), g, sign)
 
-    def scale_eq(self, name: str, parts: Sequence[tuple[Array, Callable[[Array], Array] | None]],
-                 g: Array) -> Array:
-        """`ScaleEq_G` of the concatenation of `parts` without building it on every row.
+    def scale_eq(self, name: str, node_parts: Sequence[tuple[Array, Callable[[Array], Any]]],
+                 row_parts: Sequence[Any], g: Any, emap: Callable[..., Any] | None = None) -> Any:
+        """`ScaleEq_G` of the concatenation `[*node_parts, *row_parts]` without building it on every row.
 
-        A part `(x, gather)` with a `gather` lives on nodes: its share of the first Linears
-        (`gamma` and the ScaleInv's `W_0`) is computed once per node, then gathered to rows.
+        A node part `(x, gather)` lives on nodes: its share of the first Linears (`gamma` and
+        the ScaleInv's `W_0`) is computed once per node, then gathered to rows. Row parts
+        and `g` (the rows' group codes) are row values; `emap(f, *row_values)` applies `f`
+        blockwise (the dense layout keeps edges in per-layer blocks); default: one array.
         """
+        emap = emap or (lambda f, *xs: f(*xs))
         wg, w0 = self.P[f"{name}.gamma.weight"], self.P[f"{name}.inv.lin.0.weight"]
         d = wg.shape[0]
-        total: Array | None = None
-        sq: Array | None = None
-        signs = []
+        canon = self.cfg.sign_canon == "canonicalize"
+        gathered = []
         off = 0
-        for x, gather in parts:
+        for x, gather in node_parts:
             n = x.shape[-1]
             y = _linear(x, jnp.concatenate([wg[:, off:off + n], w0[:, off:off + n]], 0))
-            s2 = jnp.sum(x * x, -1, keepdims=True)
-            ms = _max_abs_sign(x) if self.cfg.sign_canon == "canonicalize" else None
-            if gather is not None:
-                y, s2 = gather(y), gather(s2)
-                ms = None if ms is None else (gather(ms[0]), gather(ms[1]))
-            total = y if total is None else total + y
-            sq = s2 if sq is None else sq + s2
-            if ms is not None:
-                signs.append(ms)
+            vals = [y, jnp.sum(x * x, -1, keepdims=True), *(_max_abs_sign(x) if canon else ())]
+            gathered.extend(gather(v) for v in vals)
             off += n
-        assert total is not None and sq is not None
-        sign = _canon_sign(signs) if signs else None
-        return total[..., :d] * self.inv_tail(f"{name}.inv", total[..., d:], sq, g, sign)
+        w_rows = []
+        for x in row_parts:
+            n = _width(x)
+            w_rows.append(jnp.concatenate([wg[:, off:off + n], w0[:, off:off + n]], 0))
+            off += n
+        per = 4 if canon else 2  # gathered values per node part: y, ||x||^2[, max |x|, its sign]
+        n_node = per * len(node_parts)
+
+        def rows(gr: Array, *vals: Array) -> Array:
+            node_vals, row_vals = vals[:n_node], vals[n_node:]
+            total: Array | None = None
+            sq: Array | None = None
+            signs = []
+            for k in range(0, n_node, per):
+                y, s2 = node_vals[k], node_vals[k + 1]
+                total = y if total is None else total + y
+                sq = s2 if sq is None else sq + s2
+                if canon:
+                    signs.append((node_vals[k + 2], node_vals[k + 3]))
+            for x, w in zip(row_vals, w_rows, strict=True):
+                y = _linear(x, w)
+                total = y if total is None else total + y
+                s2 = jnp.sum(x * x, -1, keepdims=True)
+                sq = s2 if sq is None else sq + s2
+                if canon:
+                    signs.append(_max_abs_sign(x))
+            assert total is not None and sq is not None
+            sign = _canon_sign(signs) if signs else None
+            return total[..., :d] * self.inv_tail(f"{name}.inv", total[..., d:], sq, gr, sign)
+
+        return emap(rows, g, *gathered, *row_parts)
 
 
 def _sqrt0(sq: Array) -> Array:
@@ -139,11 +163,29 @@ def _segment_sum(x: Array, seg: Array, n: int) -> Array:
     return jax.ops.segment_sum(x, seg, num_segments=n)
 
 
+def _width(x: Any) -> int:
+    """Feature width of an edge value (an array, or the dense layout's tuple of blocks)."""
+    return int((x[0] if isinstance(x, tuple) else x).shape[-1])
+
+
 class _Segments:
-    """Message passing on a disjoint union: gathers and segment sums over `src`/`dst`."""
+    """Message passing on a disjoint union: an edge value is one `[E, ...]` array; gathers and
+    segment sums over `src`/`dst`."""
 
     def __init__(self, b: GraphBatch) -> None:
         self.b, self.n = b, b.node_features.shape[0]
+
+    def emap(self, f: Callable[..., Array], *xs: Array) -> Array:
+        return f(*xs)
+
+    def edges_in(self, xe: Array) -> Array:
+        return xe
+
+    def edges_out(self, e: Array) -> Array:
+        return e
+
+    def shared(self, x: Array) -> Array:
+        return x
 
     def at_src(self, x: Array) -> Array:
         return x[self.b.src]
@@ -167,46 +209,58 @@ class _Segments:
 
 
 class _Dense:
-    """Message passing on stacked graphs of one shape: edge block `l` is `[B, n_l, n_{l-1}]`,
-    so gathers are broadcasts and aggregations are sums over one axis of the block."""
+    """Message passing on stacked graphs of one shape.
+
+    An edge value is a tuple of per-layer blocks `[B, n_l, n_{l-1}, ...]`, never one
+    concatenated array: gathers are broadcastable views (`[B, 1, n_{l-1}, ...]` from the
+    sources, `[B, n_l, 1, ...]` from the targets) that XLA fuses into their consumers, and
+    aggregations are sums over one axis of a block, so no per-edge tensor is copied, padded
+    or concatenated.
+    """
 
     def __init__(self, b: DenseGraphBatch) -> None:
         self.w = b.widths
         self.no = [0, *itertools.accumulate(self.w)]
+        self.eo = [0, *itertools.accumulate(self.w[k] * self.w[k - 1] for k in range(1, len(self.w)))]
 
     def _nodes(self, x: Array, k: int) -> Array:
         return x[:, self.no[k]:self.no[k + 1]]
 
-    def _edges(self, parts: list[Array]) -> Array:
-        return jnp.concatenate([p.reshape(p.shape[0], -1, *p.shape[3:]) for p in parts], 1)
+    def emap(self, f: Callable[..., Array], *xs: tuple[Array, ...]) -> tuple[Array, ...]:
+        return tuple(f(*blocks) for blocks in zip(*xs, strict=True))
 
-    def at_src(self, x: Array) -> Array:
-        w = self.w
-        return self._edges([jnp.broadcast_to(self._nodes(x, k - 1)[:, None],
-                                             (x.shape[0], w[k], w[k - 1], *x.shape[2:]))
-                            for k in range(1, len(w))])
+    def edges_in(self, xe: Array) -> tuple[Array, ...]:
+        """`[B, E, ...]` (layer blocks, target-major) to per-layer blocks."""
+        w, eo = self.w, self.eo
+        return tuple(xe[:, eo[k - 1]:eo[k]].reshape(xe.shape[0], w[k], w[k - 1], *xe.shape[2:])
+                     for k in range(1, len(w)))
 
-    def at_dst(self, x: Array) -> Array:
-        w = self.w
-        return self._edges([jnp.broadcast_to(self._nodes(x, k)[:, :, None],
-                                             (x.shape[0], w[k], w[k - 1], *x.shape[2:]))
-                            for k in range(1, len(w))])
+    def edges_out(self, e: tuple[Array, ...]) -> Array:
+        """Per-layer blocks back to the batch's `[B, E, ...]` layout."""
+        return jnp.concatenate([x.reshape(x.shape[0], -1, *x.shape[3:]) for x in e], 1)
 
-    def _blocks(self, m: Array) -> list[Array]:
-        w, out, lo = self.w, [], 0
-        for k in range(1, len(w)):
-            hi = lo + w[k] * w[k - 1]
-            out.append(m[:, lo:hi].reshape(m.shape[0], w[k], w[k - 1], *m.shape[2:]))
-            lo = hi
-        return out
+    def shared(self, x: Array) -> tuple[Array, ...]:
+        """A per-edge array of the one shared graph (`[E, ...]`) as blocks `[n_l, n_{l-1}, ...]`."""
+        return tuple(b[0] for b in self.edges_in(x[None]))
 
-    def sum_at_dst(self, m: Array) -> Array:
-        sums = [blk.sum(2) for blk in self._blocks(m)]
-        return jnp.concatenate([jnp.zeros((m.shape[0], self.w[0], *m.shape[2:]), m.dtype), *sums], 1)
+    def at_src(self, x: Array) -> tuple[Array, ...]:
+        return tuple(self._nodes(x, k - 1)[:, None] for k in range(1, len(self.w)))
 
-    def sum_at_src(self, m: Array) -> Array:
-        sums = [blk.sum(1) for blk in self._blocks(m)]
-        return jnp.concatenate([*sums, jnp.zeros((m.shape[0], self.w[-1], *m.shape[2:]), m.dtype)], 1)
+    def at_dst(self, x: Array) -> tuple[Array, ...]:
+        return tuple(self._nodes(x, k)[:, :, None] for k in range(1, len(self.w)))
+
+    def _full(self, m: Array, k: int) -> Array:
+        return jnp.broadcast_to(m, (m.shape[0], self.w[k], self.w[k - 1], *m.shape[3:]))
+
+    def sum_at_dst(self, m: tuple[Array, ...]) -> Array:
+        sums = [self._full(blk, k).sum(2) for k, blk in enumerate(m, 1)]
+        return jnp.concatenate([jnp.zeros((sums[0].shape[0], self.w[0], *sums[0].shape[2:]), sums[0].dtype),
+                                *sums], 1)
+
+    def sum_at_src(self, m: tuple[Array, ...]) -> Array:
+        sums = [self._full(blk, k).sum(1) for k, blk in enumerate(m, 1)]
+        return jnp.concatenate([*sums, jnp.zeros((sums[0].shape[0], self.w[-1], *sums[0].shape[2:]),
+                                                 sums[0].dtype)], 1)
 
     def graph_sum(self, x: Array) -> Array:
         return x.sum(1)
@@ -226,7 +280,8 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
         batch's layout, for the equivariant head.
     """
     cx = _Ctx(params, cfg, key)
-    g: _Segments | _Dense = _Dense(b) if isinstance(b, DenseGraphBatch) else _Segments(b)
+    g: Any = _Dense(b) if isinstance(b, DenseGraphBatch) else _Segments(b)
+    emap = g.emap
     P, d = params, cfg.d_hidden
     # Per-node index arrays of the shared graph ([N]; the union's for a GraphBatch); feature
     # arrays carry the batch axis first in the dense layout and broadcast against these.
@@ -241,8 +296,8 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
     xin = jnp.where((role == 0)[:, None], jnp.asarray(cfg.input_node_value, x.dtype), x)
     h = _linear(xin, P["node_proj.weight"])
     xe = b.edge_features
-    xe_pad = jnp.pad(xe, [(0, 0)] * (xe.ndim - 1) + [(0, cfg.d_edge_in - xe.shape[-1])])
-    e = _linear(xe_pad, P["edge_proj.weight"])
+    w_edge = P["edge_proj.weight"][:, :xe.shape[-1]]  # the zero padding to d_edge_in adds nothing
+    e = emap(lambda a: _linear(a, w_edge), g.edges_in(xe))
     if cfg.positional_encoding:
         add = jnp.where((role == 0)[:, None], P["pe_in"][jnp.clip(pos, 0, cfg.max_in_nodes - 1)],
                         jnp.where((role == 2)[:, None], P["pe_out"][jnp.clip(pos, 0, cfg.max_out_nodes - 1)], 0.0))
@@ -255,43 +310,52 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
             from_in, P["pe_edge_in"][jnp.clip(pos[src], 0, cfg.max_in_nodes - 1)],
             jnp.where(into_out, P["pe_edge_out"][jnp.clip(pos[dst], 0, cfg.max_out_nodes - 1)],
                       P["pe_edge_hidden"][jnp.clip(el - 2, 0, cfg.max_hidden_layers - 1)]))
-        e = e * pe_e
+        e = emap(jnp.multiply, e, g.shared(pe_e))
     for t in range(cfg.n_layers):
         pre = f"layers.{t}"
         # Row-wise linear maps commute with gathers: project the N nodes, then gather to E edges.
-        r = g.at_src(_linear(h, P[f"{pre}.fwd.rescale.a.weight"])) * _linear(e, P[f"{pre}.fwd.rescale.b.weight"])
-        z = [(h, g.at_dst), (r, None)] if cfg.message_receiver else [(r, None)]
-        m = cx.scale_eq(f"{pre}.fwd.msg", z, grp_dst)
+        wb = P[f"{pre}.fwd.rescale.b.weight"]
+        r = emap(lambda s, ee, w=wb: s * _linear(ee, w), g.at_src(_linear(h, P[f"{pre}.fwd.rescale.a.weight"])), e)
+        m = cx.scale_eq(f"{pre}.fwd.msg", [(h, g.at_dst)] if cfg.message_receiver else [], [r], grp_dst, emap)
         parts = [h, g.sum_at_dst(m)]
         if cfg.bidirectional:
-            rb = g.at_dst(_linear(h, P[f"{pre}.bwd.rescale.a.weight"])) * _linear(e, P[f"{pre}.bwd.rescale.b.weight"])
-            if not _NAIVE_BACKWARD:
+            wb = P[f"{pre}.bwd.rescale.b.weight"]
+            hb = g.at_dst(_linear(h, P[f"{pre}.bwd.rescale.a.weight"]))
+            if _NAIVE_BACKWARD:
+                rb = emap(lambda s, ee, w=wb: s * _linear(ee, w), hb, e)
+            else:
                 # c_ji: squared norms only where the group has continuous multipliers.
                 sq = jnp.sum(h * h, -1, keepdims=True)
                 cont = ((grp == 1) | (grp == 3))[..., None]
                 n_src = jnp.where(cont, sq, 1.0)
                 n_dst = jnp.where(cont, jnp.maximum(sq, cfg.norm_eps**2), 1.0)
-                rb = rb * (g.at_src(n_src) / g.at_dst(n_dst))
-            zb = [(h, g.at_src), (rb, None)] if cfg.message_receiver else [(rb, None)]
-            mb = cx.scale_eq(f"{pre}.bwd.msg", zb, grp_src)
+                rb = emap(lambda s, ee, a, c, w=wb: s * _linear(ee, w) * (a / c), hb, e,
+                          g.at_src(n_src), g.at_dst(n_dst))
+            mb = cx.scale_eq(f"{pre}.bwd.msg", [(h, g.at_src)] if cfg.message_receiver else [], [rb],
+                             grp_src, emap)
             parts.append(g.sum_at_src(mb))
-        hn = cx.scale_eq(f"{pre}.upd", [(jnp.concatenate(parts, -1), None)], grp)
+        hn = cx.scale_eq(f"{pre}.upd", [], [jnp.concatenate(parts, -1)], grp)
         if cfg.skip_connections:
             hn = hn + h
         if f"{pre}.edge.gamma.weight" in P:
             inv = cx.scale_inv(f"{pre}.edge.inv", hn, grp)
             w0 = P[f"{pre}.edge.mlp.lin.0.weight"]  # first Linear of [inv_src, inv_dst], per node
-            en = _linear(e, P[f"{pre}.edge.gamma.weight"]) * cx.tail(
-                f"{pre}.edge.mlp", g.at_src(_linear(inv, w0[:, :d])) + g.at_dst(_linear(inv, w0[:, d:])))
-            e = en + e if cfg.skip_connections else en
+            wg = P[f"{pre}.edge.gamma.weight"]
+
+            def edge_update(ee: Array, a: Array, c: Array, wg: Array = wg, name: str = f"{pre}.edge.mlp") -> Array:
+                en = _linear(ee, wg) * cx.tail(name, a + c)
+                return en + ee if cfg.skip_connections else en
+
+            e = emap(edge_update, e, g.at_src(_linear(inv, w0[:, :d])), g.at_dst(_linear(inv, w0[:, d:])))
         h = hn
     if cfg.head == "equivariant":
         alpha = P["head.alpha"]
         dn = _linear(h, P["head.node.weight"])
         node = x + jnp.where((role == 0)[:, None], 0.0, alpha[jnp.clip(lyr - 1, 0, None)][:, None] * dn)
-        de = _linear(e, P["head.edge.weight"][: xe.shape[-1]]) * b.edge_mask
-        edge = xe + alpha[lyr[dst] - 1][:, None] * de
-        return node, edge
+        w_out = P["head.edge.weight"][: xe.shape[-1]]
+        scale = alpha[lyr[dst] - 1][:, None] * b.edge_mask
+        de = emap(lambda ee, s: s * _linear(ee, w_out), e, g.shared(scale))
+        return node, xe + g.edges_out(de)
     if cfg.readout == "last_layer":
         return cx.mlp("readout.mlp", g.output_nodes(h, cfg.max_out_nodes))
     v = cx.scale_inv("readout.inv", h, grp)
