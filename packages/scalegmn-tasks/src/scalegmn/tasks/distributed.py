@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +41,31 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+@contextmanager
+def process_group(backend: str | None = None) -> Iterator[tuple[int, int]]:
+    """`init_distributed` for the duration of a `with` block: a process group it created is
+    destroyed at the end (a process leaving with a live gloo group can abort at exit); one
+    that existed before is left alone.
+
+    Yields:
+        `(rank, world_size)`.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    created = False
+    if world > 1:
+        import torch.distributed as dist
+
+        created = not dist.is_initialized()
+    try:
+        yield init_distributed(backend)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def env_rank() -> int:
@@ -94,7 +120,7 @@ def shareable(err: BaseException) -> BaseException:
 def on_rank0(fn: Callable[[], T], rank: int, world: int) -> T:
     """Run `fn` on rank 0 only and return its result on every process.
 
-    The other processes wait until rank 0 is done. If `fn` raises an `Exception`, every
+    The other processes wait until rank 0 is done. If `fn` raises, every
     process raises it (rank 0 its own; the others a copy, see `shareable`), so no process
     is left waiting for the others.
     """
@@ -104,7 +130,7 @@ def on_rank0(fn: Callable[[], T], rank: int, world: int) -> T:
     if rank == 0:
         try:
             outcome = (True, fn())
-        except Exception as e:
+        except BaseException as e:
             broadcast((False, shareable(e)), world)
             raise
     ok, value = broadcast(outcome, world)
