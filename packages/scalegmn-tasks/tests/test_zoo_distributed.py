@@ -88,3 +88,29 @@ def test_torchrun_build_equals_single_process_build_and_resumes(tmp_path):
     assert "3 shards from an earlier run" in " ".join(r.output.split())
     assert len(Zoo(tmp_path / "two", verify="open")) == 24
     _same_zoo(tmp_path / "one", tmp_path / "two", history=False)  # two runs, one history entry each
+
+
+
+def test_torchrun_worker_error_stops_both_processes_and_keeps_finished_shards(tmp_path):
+    opts = ["--source", _images(tmp_path), "--count", "24", "--steps", "5", "--batch-size", "4",
+            "--shard-size", "4", "--workers", "1", "--no-compile", "--quiet"]
+    z = tmp_path / "z"
+    assert runner.invoke(app, ["build", "inr", str(z), *opts]).exit_code == 0
+    # An interrupted build with shards 0 and 4 recorded; pending 1, 2, 3, 5 are dealt out as
+    # rank 0: 1, 3 and rank 1: 2, 5, and shard 5 cannot be written (a folder has its name).
+    m = _manifest(z)
+    m.update(shards=[s for s in m["shards"] if s["index"] in (0, 4)], complete=False)
+    (z / "manifest.json").write_text(json.dumps(m))
+    for k in (1, 2, 3, 5):
+        (z / "shards" / f"shard-{k:05d}.safetensors").unlink()
+    (z / "shards" / "shard-00005.safetensors").mkdir()
+
+    proc = _torchrun(["build", "inr", str(z), *opts, "--resume"], timeout=90)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "zoo build failed in process 1" in out and out.count("IsADirectoryError") >= 2, out[-3000:]
+    m = _manifest(z)
+    done = {s["index"] for s in m["shards"]}
+    assert not m["complete"] and {0, 1, 2, 4} <= done and 5 not in done, done
+    for s in m["shards"]:
+        assert (z / s["file"]).is_file()
