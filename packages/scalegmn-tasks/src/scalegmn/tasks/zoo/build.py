@@ -5,6 +5,8 @@ fully determined by the build options (so a shard computed twice is the same sha
 runner skips shards that a previous run completed (the manifest lists them with their
 checksums), runs the rest in `workers` processes (one thread each), records each shard in
 the manifest as soon as its file is in place, and finally writes the columns file.
+Under `torchrun` the processes share the pending shards and rank 0 alone writes the
+manifest (see `run_build`).
 """
 
 from __future__ import annotations
