@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scalegmn.weightgraph import Network, ScaleGMNConfig
 
+from .distributed import barrier, init_distributed
+
 ModelKind = Literal["scalegmn", "gmn", "gmn_canon", "mlp"]
 Task = Literal["auto", "classification", "regression"]
 
@@ -184,20 +186,6 @@ def kendall_tau(pred: np.ndarray, target: np.ndarray) -> float:
         return 0.0
     tau = float(kendalltau(pred, target).statistic)
     return 0.0 if math.isnan(tau) else tau
-
-
-def _distributed() -> tuple[int, int]:
-    """`(rank, world_size)`; initialises the process group when run under torchrun."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        import torch
-
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def _load_split_data(cfg: RunConfig) -> tuple[dict[str, tuple[list[Network], np.ndarray]], str]:
@@ -406,7 +394,7 @@ def train_run(
     import torch
     from rich.progress import Progress
 
-    rank, world = _distributed()
+    rank, world = init_distributed()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(out) if out is not None else None
@@ -414,10 +402,7 @@ def train_run(
         raise TrainError(f"batch_size={cfg.batch_size} is smaller than the {world} processes; "
                          f"every process needs at least one network per batch")
     has_state = _start_run_dir(out_dir, cfg, resume) if out_dir is not None else False
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # every process has checked the folder before the first write
+    barrier(world)  # every process has checked the folder before the first write
     data, task = prepare_run_data(cfg)
     if out_dir is not None and rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

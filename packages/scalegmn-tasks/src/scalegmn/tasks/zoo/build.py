@@ -5,6 +5,8 @@ fully determined by the build options (so a shard computed twice is the same sha
 runner skips shards that a previous run completed (the manifest lists them with their
 checksums), runs the rest in `workers` processes (one thread each), records each shard in
 the manifest as soon as its file is in place, and finally writes the columns file.
+Under `torchrun` the processes share the pending shards and rank 0 alone writes the
+manifest (see `run_build`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..distributed import all_gather, barrier, on_rank0, process_group
 from .manifest import Manifest, ShardRecord
 from .store import SHARD_DIR, ZooError, finalize, read_manifest, sha256_file, write_manifest
 
@@ -168,7 +178,15 @@ def run_build(
     on_shard: Callable[[ShardRecord], None] | None = None,
     description: str = "building zoo",
 ) -> tuple[Manifest, BuildStats]:
-    """Build (or finish building) a zoo.
+    """Build (or finish building) a zoo, in one process or in every process of torchrun.
+
+    Under `torchrun` (`WORLD_SIZE > 1`; processes possibly on several machines sharing the
+    file system) the process group is initialised (gloo) and the build is shared: rank 0
+    prepares the folder (see `prepare`) while the others wait; the shards still to build
+    are dealt out in turn (the i-th pending shard to rank `i % world_size`); each rank
+    computes and writes its shard files (with its own `workers`); rank 0 alone writes the
+    manifest, recording the shards every rank reports (every `SYNC_SECONDS`); rank 0 then
+    writes the columns file, and every rank returns the same manifest and statistics.
 
     Args:
         root: output folder.
@@ -176,23 +194,35 @@ def run_build(
         tasks: every shard of the zoo.
         worker: computes and writes one shard (a module-level function: it is pickled).
         options: passed to every `worker` call.
-        workers: processes; 1 runs in this process.
+        workers: processes (per torchrun process); 1 runs in this process.
         resume: continue an interrupted build of the same zoo in `root`.
-        progress: show a progress bar.
-        on_shard: called in this process after each shard is recorded.
+        progress: show a progress bar (on rank 0 only under torchrun).
+        on_shard: called after each shard is recorded (on rank 0 only under torchrun).
         description: progress bar label.
 
     Returns:
-        The final manifest and this run's statistics.
+        The final manifest and this run's statistics (of every process under torchrun).
 
     Raises:
         ZooError: see `prepare`; a worker's error is re-raised after the finished shards are
-            recorded, so a later `resume` keeps them.
+            recorded, so a later `resume` keeps them. Under torchrun every process raises:
+            the failing one its own error, the others the same error (preparation) or a
+            `ZooError` naming the failed process.
     """
     root = Path(root)
     if template.n_shards != len(tasks):
         raise ValueError(f"template says {template.n_shards} shards but {len(tasks)} tasks were given")
-    manifest = prepare(root, template, resume)
+    with process_group("gloo") as (rank, world):
+        return _run_build(root, template, tasks, worker, options, workers, resume, progress, on_shard,
+                          description, rank, world)
+
+
+def _run_build(
+    root: Path, template: Manifest, tasks: list[ShardTask], worker: Worker, options: dict[str, Any],
+    workers: int, resume: bool, progress: bool, on_shard: Callable[[ShardRecord], None] | None,
+    description: str, rank: int, world: int,
+) -> tuple[Manifest, BuildStats]:
+    manifest = on_rank0(lambda: prepare(root, template, resume), rank, world)
     done = manifest.completed()
     todo = [t for t in tasks if t.index not in done]
     stats = BuildStats(shards_skipped=len(done))
@@ -212,47 +242,195 @@ def run_build(
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not progress, transient=False,
+        disable=not progress or rank != 0, transient=False,
     )
 
-    def record(rec: ShardRecord) -> None:
+    def record(recs: list[ShardRecord]) -> None:
         nonlocal manifest
-        manifest = manifest.model_copy(update={"shards": [*manifest.shards, rec]})
+        if not recs:
+            return
+        manifest = manifest.model_copy(update={"shards": [*manifest.shards, *recs]})
         write_manifest(root, manifest)
-        stats.shards_built += 1
-        stats.networks_built += rec.count
-        if on_shard is not None:
-            on_shard(rec)
+        for rec in recs:
+            stats.shards_built += 1
+            stats.networks_built += rec.count
+            if on_shard is not None:
+                on_shard(rec)
 
     with bar:
         bar_id = bar.add_task(description, total=total, completed=already, rate="")
         built = 0
 
-        def advance(n: int) -> None:
+        def advance(n: int, own: bool = True) -> None:
             nonlocal built
             now = time.perf_counter() - t0
             if stats.first_result_seconds is None:
-                stats.first_result_seconds = now
+                if own:
+                    stats.first_result_seconds = now
             else:
                 stats.reported_after_first += n
             built += n
             rate = built / max(time.perf_counter() - t0, 1e-9)
             bar.update(bar_id, advance=n, rate=f"{rate:.1f}/s")
 
-        if workers <= 1:
+        if world > 1:
+            outcome = _run_shared(root, todo, worker, options, workers, rank, world, record, advance)
+        elif workers <= 1:
             for task in todo:
-                record(worker(str(root), task, options, advance))
+                record([worker(str(root), task, options, advance)])
         else:
-            _run_parallel(root, todo, worker, options, workers, record, advance)
+            _run_parallel(root, todo, worker, options, workers, lambda r: record([r]), advance)
+    if world > 1:
+        return _finish_shared(root, manifest, stats, t0, workers, rank, world, outcome)
     stats.seconds = time.perf_counter() - t0
-    entry = {
+    manifest = manifest.model_copy(update={"history": [*manifest.history, _history_entry(stats, workers)]})
+    manifest = finalize(root, manifest)
+    return manifest, stats
+
+
+def _history_entry(stats: BuildStats, workers: int) -> dict[str, Any]:
+    return {
         "seconds": round(stats.seconds, 3), "networks_built": stats.networks_built,
         "shards_built": stats.shards_built, "shards_skipped": stats.shards_skipped,
         "workers": workers, "load_average_1min": _load(),
     }
-    manifest = manifest.model_copy(update={"history": [*manifest.history, entry]})
-    manifest = finalize(root, manifest)
-    return manifest, stats
+
+
+SYNC_SECONDS = 2.0
+"""Under torchrun, how often the processes send rank 0 the shards they finished."""
+
+
+@dataclass
+class _SharedOutcome:
+    """How the shared part of a torchrun build ended, on one process."""
+
+    error: BaseException | None = None  # this process's own error
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (rank, message) of every failure
+    hosts: list[str] = field(default_factory=list)
+    shards_by_rank: list[list[int]] = field(default_factory=list)  # filled on rank 0
+
+
+def _run_shared(
+    root: Path, todo: list[ShardTask], worker: Worker, options: dict[str, Any], workers: int,
+    rank: int, world: int, record: Callable[[list[ShardRecord]], None],
+    advance: Callable[[int, bool], None],
+) -> _SharedOutcome:
+    """This rank's share of the pending shards, computed in the background while the main
+    thread exchanges, every `SYNC_SECONDS`, the finished records with the other ranks.
+
+    Every rank makes the same number of `all_gather` calls: the loop ends when every rank
+    reports it has nothing left running. Errors (a worker's, or rank 0's while recording)
+    are exchanged the same way; every rank then stops taking new shards and waits for the
+    running ones, which are still recorded.
+    """
+    mine = todo[rank::world]
+    out = _SharedOutcome(shards_by_rank=[[] for _ in range(world)])
+    executor: ThreadPoolExecutor | ProcessPoolExecutor
+    if workers <= 1:
+        q: Any = queue_mod.Queue()
+        executor = ThreadPoolExecutor(max_workers=1)
+        futures = [executor.submit(worker, str(root), t, options, q.put) for t in mine]
+    else:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(q, 1))
+        futures = [executor.submit(_run_in_worker, worker, str(root), t, options) for t in mine]
+    pending: set[Future] = set(futures)
+    host = socket.gethostname()
+    stopping = False
+
+    def own(n: int) -> None:
+        advance(n, True)
+
+    with executor:
+        try:
+            while True:
+                new: list[ShardRecord] = []
+                reported = 0
+                deadline = time.monotonic() + SYNC_SECONDS
+                while pending and not stopping and out.error is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    finished, pending = wait(pending, timeout=min(remaining, 0.2), return_when=FIRST_COMPLETED)
+                    reported += _drain(q, own)
+                    _collect(finished, new, out)
+                if pending and (stopping or out.error is not None):
+                    for fut in pending:
+                        fut.cancel()  # those not started yet; the running ones finish and are recorded
+                    finished = wait(pending).done
+                    pending = set()
+                    _collect(finished, new, out)
+                reported += _drain(q, own)
+                message = None if out.error is None else f"{type(out.error).__name__}: {out.error}"
+                status = (new, reported, not pending, message, host)
+                gathered = all_gather(status, world)
+                out.hosts = [g[4] for g in gathered]
+                for r, (_recs, _n, _idle, msg, _host) in enumerate(gathered):
+                    if msg is not None and all(f[0] != r for f in out.failed):
+                        out.failed.append((r, msg))
+                if rank == 0:
+                    for r, (recs, n, _idle, _msg, _host) in enumerate(gathered):
+                        if r != 0:
+                            advance(n, False)
+                        out.shards_by_rank[r].extend(rec.index for rec in recs)
+                    try:
+                        record(sorted((rec for g in gathered for rec in g[0]), key=lambda rec: rec.index))
+                    except Exception as e:
+                        out.error = out.error or e
+                stopping = bool(out.failed) or out.error is not None
+                if all(g[2] for g in gathered):
+                    break
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    if rank == 0 and out.error is not None and all(f[0] != 0 for f in out.failed):
+        out.failed.append((0, f"{type(out.error).__name__}: {out.error}"))
+    return out
+
+
+def _collect(finished: set[Future], new: list[ShardRecord], out: _SharedOutcome) -> None:
+    for fut in finished:
+        if fut.cancelled():
+            continue
+        exc = fut.exception()
+        if exc is not None:
+            out.error = out.error or exc
+        else:
+            new.append(fut.result())
+
+
+def _finish_shared(
+    root: Path, manifest: Manifest, stats: BuildStats, t0: float, workers: int, rank: int, world: int,
+    outcome: _SharedOutcome,
+) -> tuple[Manifest, BuildStats]:
+    """Rank 0 finalises (unless some rank failed) and every rank returns its result, or raises."""
+
+    def final() -> tuple[Manifest, BuildStats]:
+        if outcome.failed:
+            if outcome.error is not None:
+                raise outcome.error
+            r, msg = outcome.failed[0]
+            raise ZooError(f"zoo build failed in process {r} ({outcome.hosts[r]}): {msg}")
+        stats.seconds = time.perf_counter() - t0
+        entry = {
+            **_history_entry(stats, workers), "processes": world,
+            "ranks": [{"rank": r, "host": outcome.hosts[r], "shards": sorted(outcome.shards_by_rank[r])}
+                      for r in range(world)],
+        }
+        done = manifest.model_copy(update={"history": [*manifest.history, entry]})
+        return finalize(root, done), stats
+
+    try:
+        result = on_rank0(final, rank, world)
+    except Exception:
+        if outcome.error is not None:
+            raise outcome.error from None
+        raise
+    barrier(world)
+    return result
 
 
 def _load() -> float | None:
@@ -302,10 +480,12 @@ def _run_parallel(
         raise error
 
 
-def _drain(q: Any, advance: ProgressFn) -> None:
+def _drain(q: Any, advance: ProgressFn) -> int:
+    total = 0
     while True:
         try:
             n = q.get_nowait()
         except queue_mod.Empty:
-            return
+            return total
         advance(n)
+        total += n

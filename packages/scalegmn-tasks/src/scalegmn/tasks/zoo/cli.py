@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..distributed import env_rank
 from ..sources import SourceError
 from .manifest import SPLITS
 from .store import Zoo, ZooError, read_manifest
 
 app = typer.Typer(help="Build model zoos and describe them.", no_args_is_help=True)
-build_app = typer.Typer(help="Build a zoo (resumable: pass --resume after an interruption).",
+build_app = typer.Typer(help="Build a zoo (resumable: pass --resume after an interruption; "
+                        "runs unchanged under torchrun to share the work between processes).",
                         no_args_is_help=True)
 app.add_typer(build_app, name="build")
 console = Console()
@@ -71,6 +73,8 @@ def build_inr(
         )
     except (ZooError, SourceError, ValueError) as e:
         _fail(e)
+    if env_rank() != 0:
+        return  # under torchrun, rank 0 reports for every process
     console.print(
         f"built {stats.networks_built} INRs in {stats.seconds:.1f} s "
         f"({stats.networks_per_second:.1f} INRs/s; {stats.shards_skipped} shards from an earlier run) -> {out}"
@@ -109,6 +113,8 @@ def build_cnn(
         )
     except (ZooError, SourceError, ValueError) as e:
         _fail(e)
+    if env_rank() != 0:
+        return  # under torchrun, rank 0 reports for every process
     console.print(
         f"built {stats.networks_built} CNN checkpoints in {stats.seconds:.1f} s "
         f"({stats.networks_per_second:.1f} networks/s) -> {out}"
