@@ -93,3 +93,31 @@ def test_collate_chooses_the_layout():
     assert isinstance(collate([mlp, mlp], dense=False), GraphBatch)
     with pytest.raises(ValueError, match="one shape"):
         collate([mlp, other], dense=True)
+
+
+@pytest.mark.parametrize(("bidirectional", "head", "sign_canon"), [
+    (False, "invariant", "symmetrize"), (True, "invariant", "canonicalize"), (True, "equivariant", "symmetrize"),
+])
+def test_chunked_blocks_match_segments(monkeypatch, bidirectional, head, sign_canon):
+    """Large blocks run a few networks at a time (a loop of rematerialised chunks): same values
+    and gradients as the disjoint union. `CHUNK_ROWS` is lowered so that these small networks
+    are chunked (1 or 2 networks per chunk)."""
+    import scalegmn.jax.model as model_mod
+
+    monkeypatch.setattr(model_mod, "CHUNK_ROWS", 20)
+    cfg = ScaleGMNConfig(d_hidden=6, n_layers=2, d_out=3, bidirectional=bidirectional, head=head,
+                         sign_canon=sign_canon, positional_encoding=True)
+    model = ScaleGMN(cfg, key=jax.random.key(3), dtype=jnp.float64)
+    nets = _nets("mlp", ["relu", "tanh", "relu", "tanh"], 3)
+    dense, union = collate(nets), collate(nets, dense=False)
+    assert "scan" in str(jax.make_jaxpr(lambda p: forward(p, cfg, dense))(model.params))
+
+    def loss(params, batch):
+        out = forward(params, cfg, batch)
+        return sum(jnp.sum(jnp.sin(o)) for o in out) if isinstance(out, tuple) else jnp.sum(jnp.sin(out))
+
+    (vd, gd), (vu, gu) = (jax.value_and_grad(loss)(model.params, b) for b in (dense, union))
+    np.testing.assert_allclose(float(vd), float(vu), rtol=1e-10)
+    for name in gd:
+        np.testing.assert_allclose(np.asarray(gd[name]), np.asarray(gu[name]), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)

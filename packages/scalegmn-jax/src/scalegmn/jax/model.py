@@ -59,8 +59,8 @@ class _Ctx:
                 var = ((x - mu) ** 2).mean(-1, keepdims=True)
                 x = (x - mu) / jnp.sqrt(var + 1e-5) * P[f"{name}.norm.{k}.weight"] + P[f"{name}.norm.{k}.bias"]
             x = _ACT[cfg.mlp_activation](x)
-            sub = self.next_key()
-            if sub is not None and cfg.dropout > 0:
+            sub = self.next_key() if cfg.dropout > 0 else None
+            if sub is not None:
                 keep = jax.random.bernoulli(sub, 1.0 - cfg.dropout, x.shape)
                 x = jnp.where(keep, x / (1.0 - cfg.dropout), 0.0)
             k += 1
@@ -83,58 +83,59 @@ class _Ctx:
         pre = _linear(x, self.P[f"{name}.lin.0.weight"])
         return self.inv_tail(name, pre, jnp.sum(x * x, -1, keepdims=True), g, sign)
 
-    def scale_eq(self, name: str, node_parts: Sequence[tuple[Array, Callable[[Array], Any]]],
-                 row_parts: Sequence[Any], g: Any, emap: Callable[..., Any] | None = None) -> Any:
-        """`ScaleEq_G` of the concatenation `[*node_parts, *row_parts]` without building it on every row.
+    def eq_nodes(self, name: str, xs: Sequence[Array]) -> list[Array]:
+        """The node parts' share of `ScaleEq_G` `name` (its input is `[*xs, *row parts]`).
 
-        A node part `(x, gather)` lives on nodes: its share of the first Linears (`gamma` and
-        the ScaleInv's `W_0`) is computed once per node, then gathered to rows. Row parts
-        and `g` (the rows' group codes) are row values; `emap(f, *row_values)` applies `f`
-        blockwise (the dense layout keeps edges in per-layer blocks); default: one array.
+        Per node part `x`: `x`'s columns of the first Linears (`gamma` and the ScaleInv's
+        `W_0`) applied to `x`, `||x||^2`, and for sign canonicalisation the largest `|x|`
+        and its sign; computed once per node, to be gathered to rows for `eq_rows`.
         """
-        emap = emap or (lambda f, *xs: f(*xs))
+        wg, w0 = self.P[f"{name}.gamma.weight"], self.P[f"{name}.inv.lin.0.weight"]
+        out: list[Array] = []
+        off = 0
+        for x in xs:
+            n = x.shape[-1]
+            out.append(_linear(x, jnp.concatenate([wg[:, off:off + n], w0[:, off:off + n]], 0)))
+            out.append(jnp.sum(x * x, -1, keepdims=True))
+            if self.cfg.sign_canon == "canonicalize":
+                out.extend(_max_abs_sign(x))
+            off += n
+        return out
+
+    def eq_rows(self, name: str, g: Array, node_vals: Sequence[Array], row_parts: Sequence[Array],
+                offset: int) -> Array:
+        """`ScaleEq_G` `name` on rows: `node_vals` from `eq_nodes` (gathered to the rows), the
+        row parts (their columns start at `offset`) and `g` the rows' group codes."""
         wg, w0 = self.P[f"{name}.gamma.weight"], self.P[f"{name}.inv.lin.0.weight"]
         d = wg.shape[0]
         canon = self.cfg.sign_canon == "canonicalize"
-        gathered = []
-        off = 0
-        for x, gather in node_parts:
+        per = 4 if canon else 2
+        total: Array | None = None
+        sq: Array | None = None
+        signs = []
+        for k in range(0, len(node_vals), per):
+            y, s2 = node_vals[k], node_vals[k + 1]
+            total = y if total is None else total + y
+            sq = s2 if sq is None else sq + s2
+            if canon:
+                signs.append((node_vals[k + 2], node_vals[k + 3]))
+        off = offset
+        for x in row_parts:
             n = x.shape[-1]
             y = _linear(x, jnp.concatenate([wg[:, off:off + n], w0[:, off:off + n]], 0))
-            vals = [y, jnp.sum(x * x, -1, keepdims=True), *(_max_abs_sign(x) if canon else ())]
-            gathered.extend(gather(v) for v in vals)
             off += n
-        w_rows = []
-        for x in row_parts:
-            n = _width(x)
-            w_rows.append(jnp.concatenate([wg[:, off:off + n], w0[:, off:off + n]], 0))
-            off += n
-        per = 4 if canon else 2  # gathered values per node part: y, ||x||^2[, max |x|, its sign]
-        n_node = per * len(node_parts)
+            total = y if total is None else total + y
+            s2 = jnp.sum(x * x, -1, keepdims=True)
+            sq = s2 if sq is None else sq + s2
+            if canon:
+                signs.append(_max_abs_sign(x))
+        assert total is not None and sq is not None
+        sign = _canon_sign(signs) if signs else None
+        return total[..., :d] * self.inv_tail(f"{name}.inv", total[..., d:], sq, g, sign)
 
-        def rows(gr: Array, *vals: Array) -> Array:
-            node_vals, row_vals = vals[:n_node], vals[n_node:]
-            total: Array | None = None
-            sq: Array | None = None
-            signs = []
-            for k in range(0, n_node, per):
-                y, s2 = node_vals[k], node_vals[k + 1]
-                total = y if total is None else total + y
-                sq = s2 if sq is None else sq + s2
-                if canon:
-                    signs.append((node_vals[k + 2], node_vals[k + 3]))
-            for x, w in zip(row_vals, w_rows, strict=True):
-                y = _linear(x, w)
-                total = y if total is None else total + y
-                s2 = jnp.sum(x * x, -1, keepdims=True)
-                sq = s2 if sq is None else sq + s2
-                if canon:
-                    signs.append(_max_abs_sign(x))
-            assert total is not None and sq is not None
-            sign = _canon_sign(signs) if signs else None
-            return total[..., :d] * self.inv_tail(f"{name}.inv", total[..., d:], sq, gr, sign)
-
-        return emap(rows, g, *gathered, *row_parts)
+    def scale_eq(self, name: str, x: Array, g: Array) -> Array:
+        """`ScaleEq_G` `name` of `x` (rows with group codes `g`)."""
+        return self.eq_rows(name, g, [], [x], 0)
 
 
 def _sqrt0(sq: Array) -> Array:
@@ -163,9 +164,16 @@ def _segment_sum(x: Array, seg: Array, n: int) -> Array:
     return jax.ops.segment_sum(x, seg, num_segments=n)
 
 
-def _width(x: Any) -> int:
-    """Feature width of an edge value (an array, or the dense layout's tuple of blocks)."""
-    return int((x[0] if isinstance(x, tuple) else x).shape[-1])
+CHUNK_ROWS = 2048
+"""Edges per chunk of the dense layout's per-edge work (`_Dense._blockwise`)."""
+
+
+def _chunk_size(B: int, rows_per_net: int) -> int:
+    """Networks per chunk: the largest divisor of `B` with at most `CHUNK_ROWS` edges (>= 1)."""
+    c = max(1, min(B, CHUNK_ROWS // max(rows_per_net, 1)))
+    while B % c:
+        c -= 1
+    return c
 
 
 class _Segments:
@@ -193,11 +201,9 @@ class _Segments:
     def at_dst(self, x: Array) -> Array:
         return x[self.b.dst]
 
-    def sum_at_dst(self, m: Array) -> Array:
-        return _segment_sum(m, self.b.dst, self.n)
-
-    def sum_at_src(self, m: Array) -> Array:
-        return _segment_sum(m, self.b.src, self.n)
+    def aggregate(self, at: str, f: Callable[..., Array], *xs: Array) -> Array:
+        """`f` on the edges, summed at each edge's target (`at="dst"`) or source (`"src"`)."""
+        return _segment_sum(f(*xs), self.b.dst if at == "dst" else self.b.src, self.n)
 
     def graph_sum(self, x: Array) -> Array:
         return _segment_sum(x, self.b.node_batch, self.b.n_graphs)
@@ -218,16 +224,53 @@ class _Dense:
     or concatenated.
     """
 
-    def __init__(self, b: DenseGraphBatch) -> None:
+    def __init__(self, b: DenseGraphBatch, chunk: bool) -> None:
         self.w = b.widths
+        self.B = b.node_features.shape[0]
         self.no = [0, *itertools.accumulate(self.w)]
         self.eo = [0, *itertools.accumulate(self.w[k] * self.w[k - 1] for k in range(1, len(self.w)))]
+        self.chunk = chunk
 
     def _nodes(self, x: Array, k: int) -> Array:
         return x[:, self.no[k]:self.no[k + 1]]
 
+    def _full(self, m: Array, k: int) -> Array:
+        return jnp.broadcast_to(m, (m.shape[0], self.w[k], self.w[k - 1], *m.shape[3:]))
+
+    def _blockwise(self, f: Callable[..., Array], k: int, blocks: Sequence[Array]) -> Array:
+        """`f` on block `k`, a few networks at a time when the block is large.
+
+        Arrays with a leading batch axis are split into chunks of about `CHUNK_ROWS` edges;
+        the others (leading axis 1) are shared by all chunks. Each chunk runs under
+        `jax.checkpoint`, so the backward pass recomputes its per-edge temporaries instead of
+        keeping them: they stay in cache, at the price of a second forward pass over them.
+        """
+        B = self.B
+        c = _chunk_size(B, self.w[k] * self.w[k - 1]) if self.chunk else B
+        if c >= B:
+            return f(*blocks)
+        split = [i for i, x in enumerate(blocks) if x.shape[0] == B]
+
+        def one(xs: list[Array]) -> Array:
+            args = list(blocks)
+            for i, x in zip(split, xs, strict=True):
+                args[i] = x
+            return f(*args)
+
+        out = jax.lax.map(jax.checkpoint(one), [blocks[i].reshape(B // c, c, *blocks[i].shape[1:]) for i in split])
+        return out.reshape(B, *out.shape[2:])
+
     def emap(self, f: Callable[..., Array], *xs: tuple[Array, ...]) -> tuple[Array, ...]:
-        return tuple(f(*blocks) for blocks in zip(*xs, strict=True))
+        return tuple(self._blockwise(lambda *a, k=k: self._full(f(*a), k), k, blocks)
+                     for k, blocks in enumerate(zip(*xs, strict=True), 1))
+
+    def aggregate(self, at: str, f: Callable[..., Array], *xs: tuple[Array, ...]) -> Array:
+        """`f` on the edges, summed at each edge's target (`at="dst"`) or source (`"src"`)."""
+        axis = 2 if at == "dst" else 1
+        sums = [self._blockwise(lambda *a, k=k: self._full(f(*a), k).sum(axis), k, blocks)
+                for k, blocks in enumerate(zip(*xs, strict=True), 1)]
+        zeros = jnp.zeros((self.B, self.w[0] if at == "dst" else self.w[-1], *sums[0].shape[2:]), sums[0].dtype)
+        return jnp.concatenate([zeros, *sums] if at == "dst" else [*sums, zeros], 1)
 
     def edges_in(self, xe: Array) -> tuple[Array, ...]:
         """`[B, E, ...]` (layer blocks, target-major) to per-layer blocks."""
@@ -240,27 +283,14 @@ class _Dense:
         return jnp.concatenate([x.reshape(x.shape[0], -1, *x.shape[3:]) for x in e], 1)
 
     def shared(self, x: Array) -> tuple[Array, ...]:
-        """A per-edge array of the one shared graph (`[E, ...]`) as blocks `[n_l, n_{l-1}, ...]`."""
-        return tuple(b[0] for b in self.edges_in(x[None]))
+        """A per-edge array of the one shared graph (`[E, ...]`) as blocks `[1, n_l, n_{l-1}, ...]`."""
+        return self.edges_in(x[None])
 
     def at_src(self, x: Array) -> tuple[Array, ...]:
         return tuple(self._nodes(x, k - 1)[:, None] for k in range(1, len(self.w)))
 
     def at_dst(self, x: Array) -> tuple[Array, ...]:
         return tuple(self._nodes(x, k)[:, :, None] for k in range(1, len(self.w)))
-
-    def _full(self, m: Array, k: int) -> Array:
-        return jnp.broadcast_to(m, (m.shape[0], self.w[k], self.w[k - 1], *m.shape[3:]))
-
-    def sum_at_dst(self, m: tuple[Array, ...]) -> Array:
-        sums = [self._full(blk, k).sum(2) for k, blk in enumerate(m, 1)]
-        return jnp.concatenate([jnp.zeros((sums[0].shape[0], self.w[0], *sums[0].shape[2:]), sums[0].dtype),
-                                *sums], 1)
-
-    def sum_at_src(self, m: tuple[Array, ...]) -> Array:
-        sums = [self._full(blk, k).sum(1) for k, blk in enumerate(m, 1)]
-        return jnp.concatenate([*sums, jnp.zeros((sums[0].shape[0], self.w[-1], *sums[0].shape[2:]),
-                                                 sums[0].dtype)], 1)
 
     def graph_sum(self, x: Array) -> Array:
         return x.sum(1)
@@ -280,8 +310,9 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
         batch's layout, for the equivariant head.
     """
     cx = _Ctx(params, cfg, key)
-    g: Any = _Dense(b) if isinstance(b, DenseGraphBatch) else _Segments(b)
-    emap = g.emap
+    # Chunks run in a loop: dropout keys cannot be drawn inside it, so dropout runs unchunked.
+    chunk = key is None or cfg.dropout == 0
+    g: Any = _Dense(b, chunk) if isinstance(b, DenseGraphBatch) else _Segments(b)
     P, d = params, cfg.d_hidden
     # Per-node index arrays of the shared graph ([N]; the union's for a GraphBatch); feature
     # arrays carry the batch axis first in the dense layout and broadcast against these.
@@ -297,7 +328,6 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
     h = _linear(xin, P["node_proj.weight"])
     xe = b.edge_features
     w_edge = P["edge_proj.weight"][:, :xe.shape[-1]]  # the zero padding to d_edge_in adds nothing
-    e = emap(lambda a: _linear(a, w_edge), g.edges_in(xe))
     if cfg.positional_encoding:
         add = jnp.where((role == 0)[:, None], P["pe_in"][jnp.clip(pos, 0, cfg.max_in_nodes - 1)],
                         jnp.where((role == 2)[:, None], P["pe_out"][jnp.clip(pos, 0, cfg.max_out_nodes - 1)], 0.0))
@@ -310,31 +340,41 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
             from_in, P["pe_edge_in"][jnp.clip(pos[src], 0, cfg.max_in_nodes - 1)],
             jnp.where(into_out, P["pe_edge_out"][jnp.clip(pos[dst], 0, cfg.max_out_nodes - 1)],
                       P["pe_edge_hidden"][jnp.clip(el - 2, 0, cfg.max_hidden_layers - 1)]))
-        e = emap(jnp.multiply, e, g.shared(pe_e))
+        e = g.emap(lambda a, pe: _linear(a, w_edge) * pe, g.edges_in(xe), g.shared(pe_e))
+    else:
+        e = g.emap(lambda a: _linear(a, w_edge), g.edges_in(xe))
     for t in range(cfg.n_layers):
         pre = f"layers.{t}"
-        # Row-wise linear maps commute with gathers: project the N nodes, then gather to E edges.
+        recv = [h] if cfg.message_receiver else []  # the receiver's state enters every message
+        # Row-wise linear maps commute with gathers: node parts are computed once per node
+        # (N rows) and gathered to the E edges; only edge parts are computed per edge.
+        name = f"{pre}.fwd.msg"
         wb = P[f"{pre}.fwd.rescale.b.weight"]
-        r = emap(lambda s, ee, w=wb: s * _linear(ee, w), g.at_src(_linear(h, P[f"{pre}.fwd.rescale.a.weight"])), e)
-        m = cx.scale_eq(f"{pre}.fwd.msg", [(h, g.at_dst)] if cfg.message_receiver else [], [r], grp_dst, emap)
-        parts = [h, g.sum_at_dst(m)]
+
+        def fwd_msg(gr: Array, s: Array, ee: Array, *nv: Array, name: str = name, wb: Array = wb) -> Array:
+            return cx.eq_rows(name, gr, nv, [s * _linear(ee, wb)], d * len(recv))
+
+        nodes = cx.eq_nodes(name, recv)
+        parts = [h, g.aggregate("dst", fwd_msg, grp_dst, g.at_src(_linear(h, P[f"{pre}.fwd.rescale.a.weight"])),
+                                e, *(g.at_dst(v) for v in nodes))]
         if cfg.bidirectional:
+            name = f"{pre}.bwd.msg"
             wb = P[f"{pre}.bwd.rescale.b.weight"]
-            hb = g.at_dst(_linear(h, P[f"{pre}.bwd.rescale.a.weight"]))
-            if _NAIVE_BACKWARD:
-                rb = emap(lambda s, ee, w=wb: s * _linear(ee, w), hb, e)
-            else:
-                # c_ji: squared norms only where the group has continuous multipliers.
-                sq = jnp.sum(h * h, -1, keepdims=True)
-                cont = ((grp == 1) | (grp == 3))[..., None]
-                n_src = jnp.where(cont, sq, 1.0)
-                n_dst = jnp.where(cont, jnp.maximum(sq, cfg.norm_eps**2), 1.0)
-                rb = emap(lambda s, ee, a, c, w=wb: s * _linear(ee, w) * (a / c), hb, e,
-                          g.at_src(n_src), g.at_dst(n_dst))
-            mb = cx.scale_eq(f"{pre}.bwd.msg", [(h, g.at_src)] if cfg.message_receiver else [], [rb],
-                             grp_src, emap)
-            parts.append(g.sum_at_src(mb))
-        hn = cx.scale_eq(f"{pre}.upd", [], [jnp.concatenate(parts, -1)], grp)
+            # c_ji: squared norms only where the group has continuous multipliers.
+            sq = jnp.sum(h * h, -1, keepdims=True)
+            cont = ((grp == 1) | (grp == 3))[..., None]
+            n_src = jnp.where(cont, sq, 1.0)
+            n_dst = jnp.where(cont, jnp.maximum(sq, cfg.norm_eps**2), 1.0)
+
+            def bwd_msg(gr: Array, s: Array, ee: Array, a: Array, c: Array, *nv: Array, name: str = name,
+                        wb: Array = wb) -> Array:
+                r = s * _linear(ee, wb)
+                return cx.eq_rows(name, gr, nv, [r if _NAIVE_BACKWARD else r * (a / c)], d * len(recv))
+
+            nodes = cx.eq_nodes(name, recv)
+            parts.append(g.aggregate("src", bwd_msg, grp_src, g.at_dst(_linear(h, P[f"{pre}.bwd.rescale.a.weight"])),
+                                     e, g.at_src(n_src), g.at_dst(n_dst), *(g.at_src(v) for v in nodes)))
+        hn = cx.scale_eq(f"{pre}.upd", jnp.concatenate(parts, -1), grp)
         if cfg.skip_connections:
             hn = hn + h
         if f"{pre}.edge.gamma.weight" in P:
@@ -346,7 +386,7 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
                 en = _linear(ee, wg) * cx.tail(name, a + c)
                 return en + ee if cfg.skip_connections else en
 
-            e = emap(edge_update, e, g.at_src(_linear(inv, w0[:, :d])), g.at_dst(_linear(inv, w0[:, d:])))
+            e = g.emap(edge_update, e, g.at_src(_linear(inv, w0[:, :d])), g.at_dst(_linear(inv, w0[:, d:])))
         h = hn
     if cfg.head == "equivariant":
         alpha = P["head.alpha"]
@@ -354,7 +394,7 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
         node = x + jnp.where((role == 0)[:, None], 0.0, alpha[jnp.clip(lyr - 1, 0, None)][:, None] * dn)
         w_out = P["head.edge.weight"][: xe.shape[-1]]
         scale = alpha[lyr[dst] - 1][:, None] * b.edge_mask
-        de = emap(lambda ee, s: s * _linear(ee, w_out), e, g.shared(scale))
+        de = g.emap(lambda ee, s: s * _linear(ee, w_out), e, g.shared(scale))
         return node, xe + g.edges_out(de)
     if cfg.readout == "last_layer":
         return cx.mlp("readout.mlp", g.output_nodes(h, cfg.max_out_nodes))
