@@ -113,6 +113,13 @@ def test_mlp_baseline_trains_and_evaluates(tiny_zoo, tmp_path):
     assert all(h["loss"] > 0 for h in r["history"]) and r["history"][1]["loss"] != r["history"][0]["loss"]
     value, metric = evaluate_run(tmp_path / "m", "test")
     assert metric == "accuracy" and value == pytest.approx(r["test"])
+    # the best weights carry the torch Sequential names: the torch baseline loads them as they are
+    pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    from scalegmn.tasks.train import build_model
+
+    build_model(cfg, n).load_state_dict(load_file(str(tmp_path / "m" / "best" / "model.safetensors")))
 
 
 def _n_params(zoo):

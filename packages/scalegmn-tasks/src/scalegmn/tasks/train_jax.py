@@ -34,6 +34,7 @@ import numpy as np
 from scalegmn.weightgraph import Network
 
 from .train import (
+    BEST_DIR,
     METRICS_FILE,
     RUN_FILE,
     STATE_FILE,
@@ -344,7 +345,11 @@ def train_run_jax(
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     mesh = make_mesh() if jax.device_count() > 1 and not _is_mlp(cfg) else None
     label_dtype = jnp.int32 if classify else jnp.float32
-    dropout_root = jax.random.fold_in(jax.random.key(cfg.seed), 1) if cfg.gmn.dropout > 0 and not _is_mlp(cfg) else None
+    # Dropout keys only when there is dropout: step t draws from fold_in(root, t), so a
+    # resumed run needs no key state.
+    dropout_root = None
+    if cfg.gmn.dropout > 0 and not _is_mlp(cfg):
+        dropout_root = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     predict = _predict_fn(cfg)
     pre = {s: _eval_batches(cfg, n, y) for s, (n, y) in data.items() if s != "train"}
 
@@ -379,7 +384,8 @@ def train_run_jax(
             for k in range(steps_per_epoch):
                 idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
                 xb, yb = train_batch(idx)
-                key = None if dropout_root is None else jax.random.fold_in(dropout_root, epoch * steps_per_epoch + k)
+                t = epoch * steps_per_epoch + k
+                key = None if dropout_root is None else jax.random.fold_in(dropout_root, t)
                 model, opt_state, loss = step(model, opt_state, xb, yb, key)
                 losses.append(float(loss))
                 bar.advance(task_bar)
@@ -387,9 +393,10 @@ def train_run_jax(
             row = {"epoch": epoch, "loss": float(np.mean(losses)), f"val_{short}": val,
                    "seconds": time.perf_counter() - t0}
             if val > best["val"]:
-                best = {"val": val, "test": score_jax(model, pre["test"], classify, predict), "best_epoch": epoch}
+                test = score_jax(model, pre["test"], classify, predict)
+                best = {"val": val, "test": test, "best_epoch": epoch}
                 if out_dir is not None:
-                    _save_best(cfg, model, out_dir / "best")
+                    _save_best(cfg, model, out_dir / BEST_DIR)
             history.append(row)
             for p in logs:
                 with p.open("a") as fh:
