@@ -22,16 +22,7 @@ from scalegmn.tasks.train import (
     prepare_inputs,
     train_run,
 )
-from scalegmn.tasks.zoo import build_inr_zoo
 from scalegmn.weightgraph import ScaleGMNConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "digits"
-    build_inr_zoo(out, "digits", workers=1, count=48, steps=10, seed=0, progress=False,
-                  val_fraction=0.25, test_fraction=0.25)
-    return out
 
 
 @pytest.mark.parametrize("kind", ["scalegmn", "gmn", "gmn_canon", "mlp"])
@@ -131,20 +122,6 @@ def test_kendall_tau():
     assert kendall_tau(x, x) == pytest.approx(1.0)
     assert kendall_tau(x, -x) == pytest.approx(-1.0)
     assert kendall_tau(np.zeros(10), x) == 0.0
-
-
-@pytest.fixture(scope="module")
-def tiny_cnn_zoo(tmp_path_factory):
-    from scalegmn.tasks.sources import ImageSource, digits
-    from scalegmn.tasks.zoo import build_cnn_zoo
-
-    d = digits()
-    src = ImageSource.from_array(d.images[:400], d.labels[:400], name="digits400")
-    out = tmp_path_factory.mktemp("cnn") / "c"
-    build_cnn_zoo(out, src, count=12, channels=4, epochs=(2,), batch_sizes=(32,), train_size_range=(100, 200),
-                  checkpoints=(0.0, 0.5, 1.0), test_size=60, shard_size=4, lr_range=(1e-3, 3e-2),
-                  progress=False)
-    return out
 
 
 def test_generalisation_prediction_reports_kendall_tau(tiny_cnn_zoo, tmp_path):

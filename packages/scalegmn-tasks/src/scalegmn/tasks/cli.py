@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .zoo.cli import app as zoo_app
+
+if TYPE_CHECKING:
+    from .train import RunConfig
 
 app = typer.Typer(help="Scale equivariant graph metanetworks.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
@@ -34,10 +37,12 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped (same config).")] = False,
     log: Annotated[Path | None, typer.Option(help="Also append per-epoch metrics to this JSONL file.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    backend: Annotated[str | None, typer.Option(help="torch or jax (overrides the config's backend).")] = None,
 ) -> None:
     """Train one metanetwork on a zoo; report the test metric at the best validation epoch.
 
-    Runs unchanged under `torchrun --nproc-per-node N` (data parallel).
+    With the torch backend it runs unchanged under `torchrun --nproc-per-node N` (data
+    parallel); with `--backend jax` one process trains data parallel over the JAX devices.
     """
     from .train import TrainError, load_run_config, train_run
 
@@ -46,12 +51,26 @@ def train(
         raise typer.Exit(2)
     try:
         cfg = load_run_config(config)
+        if backend is not None:
+            cfg = with_backend(cfg, backend)
         result = train_run(cfg, out=out, resume=resume, log_path=log, progress=not quiet)
     except TrainError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}))
+
+
+def with_backend(cfg: RunConfig, backend: str) -> RunConfig:
+    """`cfg` with its `backend` replaced (validated: `torch` or `jax`)."""
+    from pydantic import ValidationError
+
+    from .train import RunConfig, TrainError
+
+    try:
+        return RunConfig.model_validate({**cfg.model_dump(), "backend": backend})
+    except ValidationError as err:
+        raise TrainError(f"--backend {backend!r}: use torch or jax\n{err}") from None
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Training and evaluation of metanetworks on zoos (PyTorch backend).
+"""Training and evaluation of metanetworks on zoos (PyTorch backend; `backend="jax"` runs the
+same protocol in JAX, see `scalegmn.tasks.train_jax`).
 
 The paper's protocol: AdamW, linear warm-up then a constant learning rate, gradient
 clipping, model selection on the validation split, test at the best validation epoch.
@@ -88,7 +89,10 @@ class RunConfig(LoopConfig):
             their root mean square over the training split (exact for every group: a fixed
             scalar per layer commutes with permutations, sign flips and scalings), so that
             tiny SIREN weights (~1e-2) reach the model at unit scale; `"none"` feeds raw weights.
-        threads: torch threads per process (None: torch's default).
+        threads: torch threads per process (None: torch's default; the JAX backend ignores it:
+            XLA's threads are fixed by `XLA_FLAGS` before jax starts).
+        backend: `"torch"` (the default; data parallel under torchrun) or `"jax"` (the same
+            protocol and run folder with `scalegmn.jax`; data parallel over `jax.devices()`).
 
     The optimisation settings are those of `LoopConfig`.
     """
@@ -100,6 +104,7 @@ class RunConfig(LoopConfig):
     task: Task = "auto"
     input_scaling: Literal["layer", "none"] = "layer"
     threads: int | None = Field(default=None, ge=1)
+    backend: Literal["torch", "jax"] = "torch"
 
 
 def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
@@ -162,10 +167,14 @@ def build_model(cfg: RunConfig, n_params: int) -> Any:
         )
     from scalegmn.torch import ScaleGMN
 
-    gcfg = cfg.gmn
+    return ScaleGMN(model_gmn_config(cfg))
+
+
+def model_gmn_config(cfg: RunConfig) -> ScaleGMNConfig:
+    """The ScaleGMN configuration of a run: `cfg.gmn`, permutation-only for the GMN baselines."""
     if cfg.model in ("gmn", "gmn_canon"):
-        gcfg = gcfg.model_copy(update={"symmetry": "permutation"})
-    return ScaleGMN(gcfg)
+        return cfg.gmn.model_copy(update={"symmetry": "permutation"})
+    return cfg.gmn
 
 
 def _batch(cfg: RunConfig, nets: Sequence[Network]) -> Any:
@@ -244,7 +253,7 @@ def prepare_run_data(cfg: RunConfig) -> tuple[dict[str, tuple[list[Network], np.
 
 
 def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
-    """The metric of a run's best model (`run/best`) on one split of its zoo.
+    """The metric of a run's best model (`run/best`) on one split of its zoo (with the run's backend).
 
     Returns:
         `(value, metric name)`: accuracy or Kendall's tau.
@@ -256,6 +265,10 @@ def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
     if split not in ("train", "val", "test"):
         raise TrainError(f"unknown split {split!r}; use train, val or test")
     cfg = RunConfig.model_validate_json((run / RUN_FILE).read_text())
+    if cfg.backend == "jax":
+        from .train_jax import evaluate_run_jax
+
+        return evaluate_run_jax(cfg, run / BEST_DIR, split)
     data, task = prepare_run_data(cfg)
     model = build_model(cfg, data["train"][0][0].n_params())
     if cfg.model == "mlp":
@@ -389,8 +402,14 @@ def train_run(
         `val_tau`/`test_tau`), `seconds`, and the per-epoch `history`.
 
     Raises:
-        TrainError: before any training, when the zoo, the config or the resume do not fit.
+        TrainError: before any training, when the zoo, the config or the resume do not fit
+            (for `backend="jax"` also: jax is not installed, or the call runs under torchrun).
     """
+    if cfg.backend == "jax":
+        from .train_jax import train_run_jax
+
+        return train_run_jax(cfg, out=out, resume=resume, log_path=log_path, progress=progress,
+                             on_epoch=on_epoch)
     import torch
     from rich.progress import Progress
 
