@@ -346,13 +346,15 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
     for t in range(cfg.n_layers):
         pre = f"layers.{t}"
         recv = [h] if cfg.message_receiver else []  # the receiver's state enters every message
+        off = d * len(recv)  # where the edge part's columns start in the message's first Linears
         # Row-wise linear maps commute with gathers: node parts are computed once per node
         # (N rows) and gathered to the E edges; only edge parts are computed per edge.
         name = f"{pre}.fwd.msg"
         wb = P[f"{pre}.fwd.rescale.b.weight"]
 
-        def fwd_msg(gr: Array, s: Array, ee: Array, *nv: Array, name: str = name, wb: Array = wb) -> Array:
-            return cx.eq_rows(name, gr, nv, [s * _linear(ee, wb)], d * len(recv))
+        def fwd_msg(gr: Array, s: Array, ee: Array, *nv: Array, name: str = name, wb: Array = wb,
+                    off: int = off) -> Array:
+            return cx.eq_rows(name, gr, nv, [s * _linear(ee, wb)], off)
 
         nodes = cx.eq_nodes(name, recv)
         parts = [h, g.aggregate("dst", fwd_msg, grp_dst, g.at_src(_linear(h, P[f"{pre}.fwd.rescale.a.weight"])),
@@ -367,9 +369,9 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
             n_dst = jnp.where(cont, jnp.maximum(sq, cfg.norm_eps**2), 1.0)
 
             def bwd_msg(gr: Array, s: Array, ee: Array, a: Array, c: Array, *nv: Array, name: str = name,
-                        wb: Array = wb) -> Array:
+                        wb: Array = wb, off: int = off) -> Array:
                 r = s * _linear(ee, wb)
-                return cx.eq_rows(name, gr, nv, [r if _NAIVE_BACKWARD else r * (a / c)], d * len(recv))
+                return cx.eq_rows(name, gr, nv, [r if _NAIVE_BACKWARD else r * (a / c)], off)
 
             nodes = cx.eq_nodes(name, recv)
             parts.append(g.aggregate("src", bwd_msg, grp_src, g.at_dst(_linear(h, P[f"{pre}.bwd.rescale.a.weight"])),
