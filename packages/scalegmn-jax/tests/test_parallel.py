@@ -53,11 +53,18 @@ SCRIPT = textwrap.dedent('''
     diff = max(float(jnp.max(jnp.abs(m1.params[k] - m2.params[k]))) for k in m1.params)
     devices = {k: len(a.sharding.device_set) for k, a in
                [("nodes", sb.graphs.node_features), ("labels", sl), ("params", m2.params["node_proj.weight"])]}
+    # One architecture: dense sub-batches (3 + 2 networks, one masked copy on device 2).
+    same = [random_network(specs[0], rng=10 + k) for k in range(5)]
+    one_dense, _ = run(collate(same), jnp.asarray(labels))
+    sd, sdl = shard_batch(same, labels, mesh)
+    two_dense, _ = run(sd, sdl, mesh)
+    layouts = [type(sb.graphs).__name__, type(sd.graphs).__name__]
     # Negative control: average the per-device means (wrong when devices hold unequal counts).
     train._reduce = lambda sums, mask: (jnp.mean(sums / mask.sum(1)), jnp.asarray(1.0, sums.dtype))
     control, _ = run(sb, sl, mesh)
     print(json.dumps({"one": one, "two": two, "control": control, "param_diff": diff,
-                      "devices": devices}))
+                      "devices": devices, "one_dense": one_dense, "two_dense": two_dense,
+                      "layouts": layouts}))
 ''')
 
 
@@ -76,6 +83,14 @@ def test_two_devices_follow_the_one_device_trajectory(trajectories):
     assert len(set(t["one"])) == 5, "the loss should change every step"
     np.testing.assert_allclose(t["two"], t["one"], rtol=1e-10)
     assert t["param_diff"] < 1e-10
+
+
+def test_dense_sub_batches_follow_the_one_device_trajectory(trajectories):
+    """Networks of one shape are sharded as dense sub-batches (the fast path), same trajectory."""
+    t = trajectories
+    assert t["layouts"] == ["GraphBatch", "DenseGraphBatch"]
+    assert len(set(t["one_dense"])) == 5
+    np.testing.assert_allclose(t["two_dense"], t["one_dense"], rtol=1e-10)
 
 
 def test_mean_of_device_means_is_a_different_trajectory(trajectories):
@@ -102,7 +117,7 @@ def test_padding_does_not_change_the_outputs():
     from scalegmn.jax import ScaleGMN, ScaleGMNConfig, forward
 
     nets = [random_network(NetworkSpec.mlp([2, 5, 2], "relu"), rng=k) for k in range(3)]
-    sb, _ = shard_batch(nets, np.zeros(3), make_mesh(jax.devices()[:1]))
+    sb, _ = shard_batch(nets, np.zeros(3), make_mesh(jax.devices()[:1]), dense=False)
     for cfg in (ScaleGMNConfig(d_hidden=6, n_layers=2, d_out=3, bidirectional=True),
                 ScaleGMNConfig(d_hidden=6, n_layers=1, d_out=3, readout="last_layer")):
         model = ScaleGMN(cfg, key=jax.random.key(0), dtype=jnp.float64)

@@ -93,6 +93,16 @@ def _shape_key(spec: NetworkSpec) -> tuple:
     return tuple(lay.widths), lay.d_edge, lay.edge_mask.tobytes()
 
 
+def _one_shape(specs: Sequence[NetworkSpec]) -> bool:
+    distinct = {s.model_dump_json(): s for s in specs}.values()
+    return len({_shape_key(s) for s in distinct}) == 1
+
+
+def same_shape(networks: Sequence[Network]) -> bool:
+    """Whether the networks stack densely (equal layer widths and kernel layout)."""
+    return _one_shape([n.spec for n in networks])
+
+
 def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None, *,
             dense: bool | None = None) -> GraphBatch | DenseGraphBatch:
     """Build a batch from networks (architectures may differ).
@@ -118,12 +128,11 @@ def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None, *,
     def put(v: np.ndarray) -> Array:
         return jnp.asarray(v, dtype=dt if v.dtype.kind == "f" else None)
 
-    distinct = {s.model_dump_json(): s for s in specs}.values()
-    same_shape = len({_shape_key(s) for s in distinct}) == 1
-    if dense and not same_shape:
+    same = _one_shape(specs)
+    if dense and not same:
         raise ValueError("dense=True needs networks of one shape (same widths and kernels); "
                          "these differ: use dense=None for a disjoint-union batch")
-    if dense is False or not same_shape:
+    if dense is False or not same:
         return GraphBatch(**{k: put(v) for k, v in arrays.items()}, n_graphs=len(networks), specs=specs)
     B = len(networks)
     lay = layout(specs[0])

@@ -1,10 +1,12 @@
 """Data-parallel training over devices with `jax.sharding`.
 
-A disjoint-union batch has node and edge arrays whose lengths depend on the networks, so
-it cannot be cut into equal slices along its node axis. Instead the networks are split
-into one sub-batch per device, each collated on its own and padded to common sizes, and
-the sub-batches are stacked on a leading device axis that is sharded over a 1-D mesh
-(parameters and optimiser state are replicated). The training step maps the model over
+The networks are split into one sub-batch per device and the sub-batches are stacked on a
+leading device axis that is sharded over a 1-D mesh (parameters and optimiser state are
+replicated). Networks of one shape give dense sub-batches (`DenseGraphBatch`, the fast
+path; when the batch does not divide evenly the last device is filled with copies of a
+network that are masked out). Otherwise each sub-batch is a disjoint union, collated on its
+own and padded to common sizes (a disjoint union's node and edge arrays depend on the
+networks, so it cannot be cut into equal slices along its node axis). The training step maps the model over
 that axis, adds the per-device sums of the per-example losses and divides by the global
 number of networks: the loss and its gradient are those of one device holding the whole
 batch (up to the order of floating-point additions).
@@ -16,6 +18,7 @@ graphs (when the batch does not divide evenly) are masked out of the loss.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -28,7 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scalegmn.weightgraph import Network
 
-from .batch import GraphBatch, graph_arrays
+from .batch import DenseGraphBatch, GraphBatch, collate, graph_arrays, same_shape
 
 __all__ = ["DATA_AXIS", "ShardedBatch", "make_mesh", "replicate", "shard_batch"]
 
@@ -42,13 +45,13 @@ class ShardedBatch(eqx.Module):
     """Networks split into equal-size padded sub-batches, one per device.
 
     Attributes:
-        graphs: a `GraphBatch` whose every array has a leading device axis `D`
-            (node arrays `[D, N, ...]`, edge arrays `[D, E, ...]`); `n_graphs` is the
-            number of graph slots per device.
+        graphs: a `GraphBatch` or a `DenseGraphBatch` whose every array has a leading
+            device axis `D` (e.g. node arrays `[D, N, ...]`); `n_graphs` is the number of
+            graph slots per device.
         mask: `[D, n_graphs]` True for real networks, False for padding slots.
     """
 
-    graphs: GraphBatch
+    graphs: GraphBatch | DenseGraphBatch
     mask: Bool[Array, "D b"]
 
     @property
@@ -76,17 +79,19 @@ def _pad_to(a: np.ndarray, n: int, fill: int | float | bool) -> np.ndarray:
 
 
 def shard_batch(networks: Sequence[Network], labels: Array | np.ndarray, mesh: Mesh | None = None,
-                *, dtype: jnp.dtype | None = None) -> tuple[ShardedBatch, Array]:
+                *, dtype: jnp.dtype | None = None, dense: bool | None = None) -> tuple[ShardedBatch, Array]:
     """Split networks and labels over the devices of a 1-D mesh.
 
     Device `k` gets networks `k * b` to `(k + 1) * b - 1` with `b = ceil(B / D)`; every
-    sub-batch is padded to the same numbers of nodes, edges and graph slots.
+    sub-batch has `b` graph slots (padding slots are masked out of the loss).
 
     Args:
         networks: `B` networks (architectures may differ).
         labels: `[B, ...]` one label (or target) per network.
         mesh: a 1-D mesh (default `make_mesh()`, every device).
         dtype: float dtype of the features (default: the networks' dtype).
+        dense: the sub-batches' layout, as in `collate`: default dense when the networks
+            have one shape, `False` padded disjoint unions, `True` dense or an error.
 
     Returns:
         The batch, for a step from `make_train_step`, and the labels `[D, b, ...]`, both
@@ -103,6 +108,9 @@ def shard_batch(networks: Sequence[Network], labels: Array | np.ndarray, mesh: M
     if len(networks) < n_dev:
         raise ValueError(f"{len(networks)} networks cannot fill {n_dev} devices: use a smaller mesh")
     b = -(-len(networks) // n_dev)
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    if dense or (dense is None and same_shape(networks)):
+        return _shard_dense(networks, labels, n_dev, b, sharding, dtype)
     chunks = [graph_arrays(networks[k * b:(k + 1) * b]) for k in range(n_dev)]
     n_nodes = max(c["node_features"].shape[0] for c, _ in chunks) + 1  # at least one spare node
     n_edges = max(c["src"].shape[0] for c, _ in chunks)
@@ -125,7 +133,6 @@ def shard_batch(networks: Sequence[Network], labels: Array | np.ndarray, mesh: M
         mask.append(np.arange(b) < m)
         lab.append(_pad_to(labels[k * b:(k + 1) * b], b, 0))
     dt = dtype or fields["node_features"][0].dtype
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
     def put(parts: list[np.ndarray]) -> Array:
         a = np.stack(parts)
@@ -134,3 +141,19 @@ def shard_batch(networks: Sequence[Network], labels: Array | np.ndarray, mesh: M
     graphs = GraphBatch(**{k: put(v) for k, v in fields.items()}, n_graphs=b,
                         specs=tuple(s for _, specs in chunks for s in specs))
     return ShardedBatch(graphs=graphs, mask=put(mask)), put(lab)
+
+
+def _shard_dense(networks: list[Network], labels: np.ndarray, n_dev: int, b: int, sharding: NamedSharding,
+                 dtype: jnp.dtype | None) -> tuple[ShardedBatch, Array]:
+    """Dense sub-batches of `b` networks stacked on a device axis (padding: copies of the
+    first network, masked out)."""
+    padded = networks + [networks[0]] * (n_dev * b - len(networks))
+    subs = [collate(padded[k * b:(k + 1) * b], dtype, dense=True) for k in range(n_dev)]
+    arrays = [eqx.partition(sub, eqx.is_array)[0] for sub in subs]
+    _, static = eqx.partition(subs[0], eqx.is_array)
+    stacked = jax.tree_util.tree_map(lambda *xs: jax.device_put(jnp.stack(xs), sharding), *arrays)
+    graphs = dataclasses.replace(eqx.combine(stacked, static), specs=tuple(n.spec for n in networks))
+    mask = (np.arange(n_dev * b) < len(networks)).reshape(n_dev, b)
+    lab = np.concatenate([labels, np.zeros((n_dev * b - len(networks), *labels.shape[1:]), labels.dtype)])
+    put = lambda a: jax.device_put(jnp.asarray(a), sharding)  # noqa: E731
+    return ShardedBatch(graphs=graphs, mask=put(mask)), put(lab.reshape(n_dev, b, *labels.shape[1:]))
