@@ -117,12 +117,14 @@ def matmul_flops(fn: Any, *args: Any) -> int:
                 for d in eqn.outvars[0].aval.shape:
                     n_out *= d
                 total += 2 * n_out * k
+            # A loop body runs `length` times (the dense path's chunks are a `scan`).
+            times = int(eqn.params.get("length", 1)) if eqn.primitive.name == "scan" else 1
             for p in eqn.params.values():
                 for sub in p if isinstance(p, tuple | list) else (p,):
                     if isinstance(sub, core.ClosedJaxpr):
-                        total += walk(sub.jaxpr)
+                        total += times * walk(sub.jaxpr)
                     elif isinstance(sub, core.Jaxpr):
-                        total += walk(sub)
+                        total += times * walk(sub)
         return total
 
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
