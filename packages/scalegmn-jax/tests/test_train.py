@@ -122,3 +122,25 @@ def test_zero_bias_nodes_have_finite_gradients():
     assert np.isfinite(float(loss))
     for name, p in new.params.items():
         assert np.all(np.isfinite(np.asarray(p))), name
+
+
+def test_equivariant_head_trains_with_a_per_example_loss():
+    """The edited weights learn a target edit (halve every weight and bias) through the step."""
+    nets = [random_network(NetworkSpec.mlp([2, 4, 1], "relu"), rng=k) for k in range(6)]
+    batch = collate(nets, dtype=jnp.float64)
+    target = (0.5 * batch.node_features, 0.5 * batch.edge_features)
+    cfg, model = _model(head="equivariant")
+
+    def per_example(out, labels):
+        (node, edge), (tn, te) = out, labels
+        return jnp.mean((node - tn) ** 2, axis=(1, 2)) + jnp.mean((edge - te) ** 2, axis=(1, 2))
+
+    opt = make_optimizer(lr=1e-2, warmup_steps=0)
+    state = init_optimizer(opt, model)
+    step = make_train_step(cfg, opt, loss=per_example)
+    first = float(per_example(model(batch), target).mean())
+    for _ in range(25):
+        model, state, loss = step(model, state, batch, target)
+    assert float(loss) < 0.5 * first, (first, float(loss))
+    with pytest.raises(ValueError, match="equivariant"):
+        make_train_step(cfg, opt, loss="mse")

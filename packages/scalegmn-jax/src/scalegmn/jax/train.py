@@ -100,16 +100,12 @@ def _loss_sum_and_count(params: dict[str, Array], config: ScaleGMNConfig, batch:
 
         def per_device(graphs: GraphBatch, lab: Array, mask: Array, k: Array | None) -> Array:
             out = forward(params, config, graphs, k)
-            if isinstance(out, tuple):
-                raise ValueError("make_train_step trains invariant heads (outputs [B, d_out])")
             return jnp.sum(jnp.where(mask, loss_fn(out, lab), 0.0))
 
         sums = jax.vmap(per_device, in_axes=(0, 0, 0, None if keys is None else 0))(
             batch.graphs, labels, batch.mask, keys)
         return _reduce(sums, batch.mask)
     out = forward(params, config, batch, key)
-    if isinstance(out, tuple):
-        raise ValueError("make_train_step trains invariant heads (outputs [B, d_out])")
     per = loss_fn(out, labels)
     return jnp.sum(per), jnp.asarray(per.shape[0], per.dtype)
 
@@ -137,10 +133,16 @@ def make_train_step(config: ScaleGMNConfig, optimizer: optax.GradientTransformat
     a `ShardedBatch`, each device draws its dropout from its own split of the key.
 
     Args:
-        config: the model's configuration (an invariant head: outputs `[B, d_out]`).
+        config: the model's configuration.
         optimizer: an optax transformation, e.g. from `make_optimizer`.
         loss: `"cross_entropy"` (integer labels `[B]`), `"mse"` (labels shaped like the
             outputs, or `[B]` for `d_out = 1`), or a function `(outputs, labels) -> [B]`.
+            For the equivariant head the outputs are the edited `(node_features,
+            edge_features)` in the batch's layout (a dense batch: `[B, N, 1]`, `[B, E, de]`),
+            and the loss must be such a function.
+
+    Raises:
+        ValueError: a built-in loss with the equivariant head.
 
     Returns:
         `step(model, opt_state, batch, labels, key) -> (model, opt_state, loss)`; with a key
@@ -162,6 +164,9 @@ def make_train_step(config: ScaleGMNConfig, optimizer: optax.GradientTransformat
         >>> loss.shape
         ()
     """
+    if isinstance(loss, str) and config.head == "equivariant":
+        raise ValueError(f"loss={loss!r} needs an invariant head (outputs [B, d_out]); for the equivariant "
+                         "head pass loss=fn((node_features, edge_features), labels) -> [B]")
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
 
     def mean_loss(model: ScaleGMN, batch: Any, labels: Array, key: Array | None) -> Array:
