@@ -25,8 +25,9 @@ from .parallel import ShardedBatch
 
 __all__ = ["TrainStep", "init_optimizer", "make_optimizer", "make_train_step", "warmup_constant"]
 
-LossFn = Callable[[Array, Array], Float[Array, " B"]]
-"""A per-example loss: `(outputs [B, ...], labels [B, ...]) -> [B]`."""
+LossFn = Callable[[Any, Any], Float[Array, " B"]]
+"""A per-example loss: `(outputs, labels) -> [B]`; outputs `[B, d_out]` (invariant head) or
+the edited `(node_features, edge_features)` (equivariant head), labels any pytree."""
 
 
 def warmup_constant(lr: float, warmup_steps: int) -> optax.Schedule:
@@ -98,7 +99,7 @@ def _loss_sum_and_count(params: dict[str, Array], config: ScaleGMNConfig, batch:
         n_dev = batch.mask.shape[0]
         keys = None if key is None else jax.random.split(key, n_dev)
 
-        def per_device(graphs: GraphBatch, lab: Array, mask: Array, k: Array | None) -> Array:
+        def per_device(graphs: GraphBatch | DenseGraphBatch, lab: Array, mask: Array, k: Array | None) -> Array:
             out = forward(params, config, graphs, k)
             return jnp.sum(jnp.where(mask, loss_fn(out, lab), 0.0))
 
