@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .distributed import env_rank
 from .zoo.cli import app as zoo_app
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def train(
     except TrainError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    if int(os.environ.get("RANK", "0")) == 0:
+    if env_rank() == 0:
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}))
 
 

@@ -285,9 +285,17 @@ def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
     return value, "accuracy" if classify else "kendall_tau"
 
 
-def _eval_batches(cfg: RunConfig, nets: Sequence[Network], ys: np.ndarray) -> list[tuple[Any, np.ndarray]]:
-    """A split as model-ready batches of 256 with their targets."""
-    return [(_batch(cfg, nets[i:i + 256]), ys[i:i + 256]) for i in range(0, len(nets), 256)]
+def _eval_batches(cfg: RunConfig, nets: Sequence[Network], ys: np.ndarray,
+                  make_batch: Callable[[RunConfig, Sequence[Network]], Any] = _batch) -> list[tuple[Any, np.ndarray]]:
+    """A split as model-ready batches of 256 (`make_batch`: the backend's) with their targets."""
+    return [(make_batch(cfg, nets[i:i + 256]), ys[i:i + 256]) for i in range(0, len(nets), 256)]
+
+
+def metric(preds: Sequence[np.ndarray], batches: Sequence[tuple[Any, np.ndarray]], classify: bool) -> float:
+    """Accuracy of predicted classes, or Kendall's tau of predicted values, against the
+    targets of `batches` (per batch, in order)."""
+    pr, yy = np.concatenate(preds), np.concatenate([y for _, y in batches])
+    return float((pr == yy).mean()) if classify else kendall_tau(pr, yy)
 
 
 def score(model: Any, batches: Sequence[tuple[Any, np.ndarray]], classify: bool) -> float:
@@ -300,8 +308,7 @@ def score(model: Any, batches: Sequence[tuple[Any, np.ndarray]], classify: bool)
         for xb, _ in batches:
             p = model(xb)
             preds.append(p.argmax(1).numpy() if classify else torch.sigmoid(p[:, 0]).numpy())
-    pr, yy = np.concatenate(preds), np.concatenate([y for _, y in batches])
-    return float((pr == yy).mean()) if classify else kendall_tau(pr, yy)
+    return metric(preds, batches, classify)
 
 
 def _start_run_dir(out: Path, cfg: RunConfig, resume: bool) -> bool:
@@ -435,7 +442,6 @@ def train_run(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     rng = np.random.default_rng(cfg.seed)
     classify = task == "classification"
-    metric_name = "accuracy" if classify else "kendall_tau"
     short = "acc" if classify else "tau"
     pre = {s: _eval_batches(cfg, nets, y) for s, (nets, y) in data.items() if s != "train"}
 
@@ -489,20 +495,34 @@ def train_run(
                     _save_best(cfg, model, out_dir / BEST_DIR)
             history.append(row)
             if rank == 0:
-                for p in logs:
-                    with p.open("a") as fh:
-                        fh.write(json.dumps({"model": cfg.model, **row}) + "\n")
+                append_row(logs, cfg.model, row)
                 if out_dir is not None:
                     _save_state(out_dir / STATE_FILE, model, opt, sched, rng,
                                 {"epoch": epoch, "history": history, "best": best,
                                  "seconds": row["seconds"]})
             if on_epoch:
                 on_epoch(row)
-    result = {"task": task, "metric": metric_name, "best_epoch": best["best_epoch"], "val": best["val"],
-              "test": best["test"], f"val_{short}": best["val"], f"test_{short}": best["test"],
-              "seconds": time.perf_counter() - t0, "history": history, "n_train": len(nets),
-              "n_params_model": sum(p.numel() for p in model.parameters())}
-    if out_dir is not None and rank == 0:
+    return finish_run(cfg, task, best, history, time.perf_counter() - t0, len(nets),
+                      sum(p.numel() for p in model.parameters()), out_dir if rank == 0 else None)
+
+
+def append_row(logs: Sequence[Path], model: str, row: dict[str, Any]) -> None:
+    """Append one epoch's metrics row, tagged with the model kind, to each JSONL log."""
+    for p in logs:
+        with p.open("a") as fh:
+            fh.write(json.dumps({"model": model, **row}) + "\n")
+
+
+def finish_run(cfg: RunConfig, task: str, best: dict[str, Any], history: list[dict[str, Any]],
+               seconds: float, n_train: int, n_params_model: int, out_dir: Path | None) -> dict[str, Any]:
+    """The result of a run (the metric at the best validation epoch, history, sizes); with
+    `out_dir` also written as `result.json` with the training curves as `curves.png`."""
+    classify = task == "classification"
+    short = "acc" if classify else "tau"
+    result = {"task": task, "metric": "accuracy" if classify else "kendall_tau", "best_epoch": best["best_epoch"],
+              "val": best["val"], "test": best["test"], f"val_{short}": best["val"], f"test_{short}": best["test"],
+              "seconds": seconds, "history": history, "n_train": n_train, "n_params_model": n_params_model}
+    if out_dir is not None:
         _write_json_atomic(out_dir / "result.json", result)
         _plot_history(history, short, out_dir / "curves.png", cfg.model)
     return result

@@ -40,11 +40,13 @@ from .train import (
     STATE_FILE,
     RunConfig,
     TrainError,
+    _eval_batches,
     _json_default,
-    _plot_history,
     _start_run_dir,
     _write_json_atomic,
-    kendall_tau,
+    append_row,
+    finish_run,
+    metric,
     model_gmn_config,
     prepare_run_data,
 )
@@ -153,11 +155,6 @@ def _eval_batch(cfg: RunConfig, nets: Sequence[Network]) -> Any:
     return collate(nets, jnp.float32)
 
 
-def _eval_batches(cfg: RunConfig, nets: Sequence[Network], ys: np.ndarray) -> list[tuple[Any, np.ndarray]]:
-    """A split as model-ready batches of 256 with their targets (as the torch loop)."""
-    return [(_eval_batch(cfg, nets[i:i + 256]), ys[i:i + 256]) for i in range(0, len(nets), 256)]
-
-
 def score_jax(model: Any, batches: Sequence[tuple[Any, np.ndarray]], classify: bool,
               predict: Callable[[Any, Any], Any] | None = None) -> float:
     """Accuracy (classification) or Kendall's tau of `sigmoid(f(G))` (regression) over batches.
@@ -175,8 +172,7 @@ def score_jax(model: Any, batches: Sequence[tuple[Any, np.ndarray]], classify: b
     for xb, _ in batches:
         out = predict(model, xb)
         preds.append(np.asarray(out.argmax(1)) if classify else np.asarray(jax.nn.sigmoid(out[:, 0])))
-    pr, yy = np.concatenate(preds), np.concatenate([y for _, y in batches])
-    return float((pr == yy).mean()) if classify else kendall_tau(pr, yy)
+    return metric(preds, batches, classify)
 
 
 def _per_example_loss(classify: bool) -> Callable[[Any, Any], Any]:
@@ -288,7 +284,7 @@ def evaluate_run_jax(cfg: RunConfig, best: Path, split: str) -> tuple[float, str
     model = _load_best(cfg, best, data["train"][0][0].n_params())
     nets, ys = data[split]
     classify = task == "classification"
-    value = score_jax(model, _eval_batches(cfg, nets, ys), classify, _predict_fn(cfg))
+    value = score_jax(model, _eval_batches(cfg, nets, ys, _eval_batch), classify, _predict_fn(cfg))
     return value, "accuracy" if classify else "kendall_tau"
 
 
@@ -330,7 +326,6 @@ def train_run_jax(
         _write_json_atomic(out_dir / RUN_FILE, json.loads(cfg.model_dump_json()))
 
     classify = task == "classification"
-    metric_name = "accuracy" if classify else "kendall_tau"
     short = "acc" if classify else "tau"
     nets, ys = data["train"]
     model = build_jax_model(cfg, nets[0].n_params())
@@ -351,7 +346,7 @@ def train_run_jax(
     if cfg.gmn.dropout > 0 and not _is_mlp(cfg):
         dropout_root = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     predict = _predict_fn(cfg)
-    pre = {s: _eval_batches(cfg, n, y) for s, (n, y) in data.items() if s != "train"}
+    pre = {s: _eval_batches(cfg, n, y, _eval_batch) for s, (n, y) in data.items() if s != "train"}
 
     def train_batch(idx: np.ndarray) -> tuple[Any, Any]:
         sel = [nets[i] for i in idx]
@@ -398,19 +393,11 @@ def train_run_jax(
                 if out_dir is not None:
                     _save_best(cfg, model, out_dir / BEST_DIR)
             history.append(row)
-            for p in logs:
-                with p.open("a") as fh:
-                    fh.write(json.dumps({"model": cfg.model, **row}) + "\n")
+            append_row(logs, cfg.model, row)
             if out_dir is not None:
                 _save_state(out_dir / STATE_FILE, model, opt_state, rng,
                             {"epoch": epoch, "history": history, "best": best, "seconds": row["seconds"]})
             if on_epoch:
                 on_epoch(row)
-    result = {"task": task, "metric": metric_name, "best_epoch": best["best_epoch"], "val": best["val"],
-              "test": best["test"], f"val_{short}": best["val"], f"test_{short}": best["test"],
-              "seconds": time.perf_counter() - t0, "history": history, "n_train": len(nets),
-              "n_params_model": sum(int(v.size) for v in _model_arrays(model).values())}
-    if out_dir is not None:
-        _write_json_atomic(out_dir / "result.json", result)
-        _plot_history(history, short, out_dir / "curves.png", cfg.model)
-    return result
+    return finish_run(cfg, task, best, history, time.perf_counter() - t0, len(nets),
+                      sum(int(v.size) for v in _model_arrays(model).values()), out_dir)
