@@ -99,6 +99,28 @@ def test_zoo_shorthand_for_a_run_config():
         zoo_shorthand({"zoo": "z", "data": {"kind": "dws", "root": "r"}})
 
 
+def test_a_config_field_with_the_shorthands(mnist):
+    from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+    from scalegmn.tasks.data import DataField
+
+    class Run(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        data: DataField
+        epochs: int = 1
+        _zoo = model_validator(mode="before")(zoo_shorthand)
+
+    root, _ = mnist
+    assert Run.model_validate({"zoo": "z"}).data == ZooData(path="z")
+    assert Run.model_validate({"data": str(root)}).data == DwsData(root=root)
+    run = Run.model_validate({"data": {"kind": "dws", "root": str(root), "val_size": 2}, "epochs": 3})
+    assert run.data.val_size == 2 and Run.model_validate_json(run.model_dump_json()) == run
+    with pytest.raises(ValidationError, match=r"data \(kind dws\): val_size"):
+        Run.model_validate({"data": {"kind": "dws", "root": "r", "val_size": -3}})
+    with pytest.raises(ValidationError, match="either zoo"):
+        Run.model_validate({"zoo": "z", "data": {"kind": "dws", "root": "r"}})
+
+
 def test_detects_every_published_layout(tmp_path, mnist, tiny_zoo):
     root, _ = mnist
     write_dws_splits_json(tmp_path / "fmnist")

@@ -30,7 +30,15 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from .datasets import NetworkDataset
 
@@ -204,6 +212,22 @@ def parse_data(value: Any) -> DataConfig:
         return _ADAPTER.validate_python(dict(value))  # type: ignore[no-any-return]
     except ValidationError as e:
         raise DataSourceError(_one_line(e, f"data (kind {value['kind']})")) from None
+
+
+DataField = Annotated[DataConfig, BeforeValidator(parse_data)]
+"""`DataConfig` as a config field that also takes the shorthands of `parse_data` (a bare path).
+
+Example:
+    ```python
+    from pydantic import BaseModel, model_validator
+
+    class Run(BaseModel):
+        data: DataField
+        _zoo = model_validator(mode="before")(zoo_shorthand)
+
+    Run.model_validate({"zoo": "zoos/mnist"}).data  # ZooData(path=PosixPath('zoos/mnist'), ...)
+    ```
+"""
 
 
 def zoo_shorthand(values: Any) -> Any:
