@@ -159,8 +159,6 @@ DataConfig = Annotated[ZooData | DwsData | NfnCifarData | SmallCnnZooData, Field
 """One data source: `ZooData | DwsData | NfnCifarData | SmallCnnZooData`, chosen by `kind`."""
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(DataConfig)
-_MODELS: dict[str, type[_Data]] = {"zoo": ZooData, "dws": DwsData, "nfn_cifar": NfnCifarData,
-                                   "small_cnn_zoo": SmallCnnZooData}
 
 
 def _one_line(err: ValidationError, what: str) -> str:
@@ -188,7 +186,7 @@ def parse_data(value: Any) -> DataConfig:
     Example:
         ```python
         parse_data({"kind": "dws", "root": "/data/mnist-inrs"}).val_size  # 5000
-        parse_data({"zoo": "zoos/mnist"})  # ZooData(path=PosixPath('zoos/mnist'), ...)
+        parse_data({"zoo": "zoos/mnist"}).path  # PosixPath('zoos/mnist')
         ```
     """
     if isinstance(value, _Data):
@@ -225,7 +223,7 @@ Example:
         data: DataField
         _zoo = model_validator(mode="before")(zoo_shorthand)
 
-    Run.model_validate({"zoo": "zoos/mnist"}).data  # ZooData(path=PosixPath('zoos/mnist'), ...)
+    Run.model_validate({"zoo": "zoos/mnist"}).data.kind  # 'zoo'
     ```
 """
 
