@@ -192,3 +192,17 @@ def test_non_finite_parameters_are_refused_at_write(tmp_path):
     with pytest.raises(ZooError, match=r"w0 of networks \[10, 11\] is not finite"):
         write_shard(tmp_path, 0, 0, TINY, 10, ws, bs, cols)
     assert not list(tmp_path.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_zoo_build_options_refuse_non_finite_numbers(bad):
+    from pydantic import ValidationError
+
+    from scalegmn.tasks.zoo.cnn import CNNZooOptions
+    from scalegmn.tasks.zoo.inr import INRZooOptions
+
+    INRZooOptions(output_offset=0.25)  # control
+    with pytest.raises(ValidationError, match="output_offset"):
+        INRZooOptions(output_offset=bad)
+    with pytest.raises(ValidationError, match="lr_range"):
+        CNNZooOptions(lr_range=(1e-3, bad))
