@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scalegmn.weightgraph.io import sha256_file
+
 from ..distributed import all_gather, barrier, on_rank0, process_group
 from .manifest import Manifest, ShardRecord
-from .store import SHARD_DIR, ZooError, finalize, read_manifest, sha256_file, write_manifest
+from .store import SHARD_DIR, ZooError, finalize, read_manifest, write_manifest
 
 ProgressFn = Callable[[int], None]
 
