@@ -187,18 +187,33 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
     hint = "" if isinstance(module, nn.Sequential) else (
         "; write it as an nn.Sequential, or pass activation=... if it applies one activation functionally"
     )
-    return verify_same_function(type(module).__name__, Network(spec, weights, biases), _runner(module), np.dtype(np.float64), hint)
+    run, dtype = _runner(module)
+    return verify_same_function(type(module).__name__, Network(spec, weights, biases), run, dtype, hint)
 
 
-def _runner(module: nn.Module) -> Any:
-    """The module as a numpy function: a float64 CPU copy in eval mode (dropout off), no grad."""
-    copy = copy_module(module).to(device="cpu", dtype=torch.float64).eval()
+def _runner(module: nn.Module) -> tuple[Any, np.dtype]:
+    """The module as a numpy function in eval mode (dropout off), without gradients.
+
+    A float64 CPU copy when the module can be copied; otherwise the module itself in its own
+    dtype and device (its train/eval flags are restored afterwards).
+    """
+    try:
+        target = copy_module(module).to(device="cpu", dtype=torch.float64)
+    except Exception:  # a module holding something deepcopy cannot copy: run it as it is
+        target = module
+    p = next(target.parameters())
+    flags = {m: m.training for m in target.modules()}
 
     def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return copy(torch.from_numpy(x)).numpy()
+        target.eval()
+        try:
+            with torch.no_grad():
+                return target(torch.from_numpy(x).to(device=p.device, dtype=p.dtype)).cpu().double().numpy()
+        finally:
+            for m, flag in flags.items():
+                m.train(flag)
 
-    return run
+    return run, torch.empty((), dtype=p.dtype).numpy().dtype
 
 
 def _act_module(layer: DenseLayer | ConvLayer) -> nn.Module | None:
