@@ -191,3 +191,21 @@ def test_nfn_duplicate_index_is_refused(cifar_root):
     torch.save(sds[("randinit_smaller", 1)][1], root / "randinit_smaller_0s" / "net1.pth")
     with pytest.raises(DataError, match="index 1 appears twice"):
         load_nfn_cifar_inrs(root, "train", split_points=(6, 8))
+
+
+def test_tampered_cache_is_rebuilt_not_served(mnist_root, tmp_path):
+    root, _ = mnist_root
+    first = load_dws_inrs(root, "test", cache_dir=tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("*.safetensors")
+    raw = bytearray(cache.read_bytes())
+    raw[-9] ^= 0x40  # inside the arrays: still a valid safetensors file
+    cache.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=rf"loader cache refused, rebuilding .*{cache.name}: checksum mismatch"):
+        again = load_dws_inrs(root, "test", cache_dir=tmp_path / "cache")
+    for i in range(len(first)):
+        assert first[i][0].equals(again[i][0]) and first[i][1] == again[i][1]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt cache is sound again
+        load_dws_inrs(root, "test", cache_dir=tmp_path / "cache")

@@ -45,6 +45,7 @@ def train(
     parallel); with `--backend jax` one process trains data parallel over the JAX devices.
     """
     from .train import TrainError, load_run_config, train_run
+    from .zoo.store import ZooError
 
     if resume and out is None:
         typer.echo("error: --resume needs --out (the folder of the run to continue)", err=True)
@@ -54,7 +55,7 @@ def train(
         if backend is not None:
             cfg = with_backend(cfg, backend)
         result = train_run(cfg, out=out, resume=resume, log_path=log, progress=not quiet)
-    except TrainError as err:
+    except (TrainError, ZooError) as err:  # a zoo read during training: a shard that went bad
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if env_rank() == 0:
@@ -80,10 +81,11 @@ def evaluate(
 ) -> None:
     """Evaluate the best model of a run on one split of its zoo."""
     from .train import TrainError, evaluate_run
+    from .zoo.store import ZooError
 
     try:
         value, metric = evaluate_run(run, split)
-    except TrainError as err:
+    except (TrainError, ZooError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"run": str(run), "split": split, metric: value}))

@@ -64,7 +64,7 @@ def activation_group(activation: str) -> str:
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def to_json(self, **kwargs: Any) -> str:
         """Serialise to a JSON string."""

@@ -55,7 +55,7 @@ class CNNZooOptions(BaseModel):
         seed: everything random.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     count: int = Field(default=100, ge=1)
     channels: int = Field(default=16, ge=1)

@@ -42,7 +42,7 @@ class INRZooOptions(BaseModel):
         compile: use `torch.compile` for the fitting step.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     count: int | None = Field(default=None, ge=1)
     widths: tuple[int, ...] = (2, 32, 32, 1)

@@ -16,6 +16,7 @@ from ..errors import UnsupportedLayerError
 from ..network import Network
 from ..schemas import ConvLayer
 from ._spec import build_spec
+from ._verify import verify_same_function
 
 SUPPORTED = (
     "eqx.nn.MLP, or eqx.nn.Sequential of eqx.nn.Linear, eqx.nn.Conv2d (dilation 1, groups 1) and "
@@ -94,10 +95,17 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
     """A `Network` from `eqx.nn.MLP` or an `eqx.nn.Sequential` of Linear / Conv2d / Lambda layers.
 
     Lambdas may hold an activation (`jax.nn.relu`, `jnp.tanh`, ..., `Sine`, `LeakyReLU`),
-    `global_avg_pool` or `flatten` (from this module).
+    `global_avg_pool` or `flatten` (from this module). The result is checked: the model
+    (vmapped, in its own dtype) and the network are run on a few seeded random inputs and
+    must agree to rounding.
+
+    Args:
+        model: the equinox model (it acts on one unbatched input).
+        input_shape: `(C, H, W)`; needed only when a dense layer follows a flatten.
 
     Raises:
-        UnsupportedLayerError: naming the layer index and class.
+        UnsupportedLayerError: naming the layer index and class, or saying that the model
+            computes something its layer list does not show (e.g. a padding mode).
     """
     if isinstance(model, eqx.nn.MLP):
         act = _act_name(model.activation)
@@ -158,7 +166,9 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
             layers[-1]["activation"] = act[0]
             layers[-1].update(act[1])
     spec = build_spec(layers, input_shape, pooling)
-    return Network(spec, ws, bs)
+    net = Network(spec, ws, bs)
+    run = jax.vmap(model)
+    return verify_same_function(type(model).__name__, net, lambda x: np.asarray(run(jnp.asarray(x))), net.dtype)
 
 
 def to_equinox(network: Network, key: jax.Array | None = None) -> eqx.nn.Sequential:

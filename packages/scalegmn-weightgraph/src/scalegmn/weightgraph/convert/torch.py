@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy as copy_module
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from ..errors import UnsupportedLayerError
 from ..network import Network
 from ..schemas import ConvLayer, DenseLayer
 from ._spec import build_spec
+from ._verify import verify_same_function
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (dilation 1, groups 1, zero padding), nn.ZeroPad2d before a Conv2d, "
@@ -90,14 +92,25 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
     `w0` attribute, with sine applied in `forward`: pass `activation="sine"` or give the
     module a `w0`; an MLP applying ReLU functionally: pass `activation="relu"`).
 
+    The module's `forward` is not read, so the result is checked: the module (a float64 copy,
+    in eval mode) and the network are run on a few seeded random inputs and must agree to
+    rounding. A constant added after the last layer becomes the `output_offset`.
+
     Args:
         module: the module.
-        input_shape: `(C, H, W)` for conv networks (needed to size flatten layers); MLPs infer it.
+        input_shape: `(C, H, W)`; needed only when a dense layer follows a flatten (it sizes
+            that layer). MLPs infer it; a CNN with global average pooling (or none) gets the
+            smallest square map of at least 8 pixels its convs accept, which changes neither
+            its parameters nor its graph.
         activation: hidden activation for modules that apply it functionally.
 
     Raises:
-        UnsupportedLayerError: naming the module path and class, and listing what is supported.
+        UnsupportedLayerError: naming the module path and class, and listing what is supported;
+            or naming the module whose `forward` computes something its layers do not show
+            (a residual block, a functional activation without `activation=`).
     """
+    if not isinstance(module, nn.Module):
+        raise UnsupportedLayerError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     leaves = _leaves(module)
     has_act = any(_activation_of(m, p) for p, m in leaves)
     functional = activation
@@ -171,7 +184,36 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
             if functional == "sine" and hasattr(module, "w0"):
                 lay.setdefault("w0", float(module.w0))  # type: ignore[arg-type]
     spec = build_spec(layers, input_shape, pooling, offset)
-    return Network(spec, weights, biases)
+    hint = "" if isinstance(module, nn.Sequential) else (
+        "; write it as an nn.Sequential, or pass activation=... if it applies one activation functionally"
+    )
+    run, dtype = _runner(module)
+    return verify_same_function(type(module).__name__, Network(spec, weights, biases), run, dtype, hint)
+
+
+def _runner(module: nn.Module) -> tuple[Any, np.dtype]:
+    """The module as a numpy function in eval mode (dropout off), without gradients.
+
+    A float64 CPU copy when the module can be copied; otherwise the module itself in its own
+    dtype and device (its train/eval flags are restored afterwards).
+    """
+    try:
+        target = copy_module(module).to(device="cpu", dtype=torch.float64)
+    except Exception:  # a module holding something deepcopy cannot copy: run it as it is
+        target = module
+    p = next(target.parameters())
+    flags = {m: m.training for m in target.modules()}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        target.eval()
+        try:
+            with torch.no_grad():
+                return target(torch.from_numpy(x).to(device=p.device, dtype=p.dtype)).cpu().double().numpy()
+        finally:
+            for m, flag in flags.items():
+                m.train(flag)
+
+    return run, torch.empty((), dtype=p.dtype).numpy().dtype
 
 
 def _act_module(layer: DenseLayer | ConvLayer) -> nn.Module | None:
