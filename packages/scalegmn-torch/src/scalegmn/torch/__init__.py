@@ -10,11 +10,32 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs, collate, to_networks
+from .batch import (
+    BatchError,
+    DenseGraphs,
+    Graphs,
+    SparseGraphs,
+    collate,
+    from_pyg,
+    to_networks,
+    to_pyg_data,
+)
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model import ScaleGMN, compile_model
+
+
+def __getattr__(name: str) -> Any:
+    # PyTorch Geometric's import costs seconds: load the MessagePassing layer on first use.
+    if name == "ScaleGMNConv":
+        from .pyg import ScaleGMNConv
+
+        return ScaleGMNConv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BatchError",
@@ -23,10 +44,13 @@ __all__ = [
     "Graphs",
     "ScaleGMN",
     "ScaleGMNConfig",
+    "ScaleGMNConv",
     "SparseGraphs",
     "collate",
     "compile_model",
+    "from_pyg",
     "load_checkpoint",
     "save_checkpoint",
     "to_networks",
+    "to_pyg_data",
 ]
