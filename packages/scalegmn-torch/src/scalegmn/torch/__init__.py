@@ -1,11 +1,14 @@
 """scalegmn.torch: ScaleGMN and ScaleGMN-B in PyTorch (dense fast path and PyG-style batches).
 
 Example:
-    >>> from scalegmn.weightgraph import NetworkSpec, random_network
-    >>> from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
-    >>> nets = [random_network(NetworkSpec.mlp([2, 8, 1]), rng=k) for k in range(4)]
-    >>> ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=3))(collate(nets)).shape
-    torch.Size([4, 3])
+    ```python
+    from scalegmn.weightgraph import NetworkSpec, random_network
+    from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
+
+    nets = [random_network(NetworkSpec.mlp([2, 8, 1]), rng=k) for k in range(4)]
+    out = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=3))(collate(nets))
+    assert out.shape == (4, 3)
+    ```
 """
 
 from __future__ import annotations

@@ -290,6 +290,10 @@ def from_pyg(data: Any) -> SparseGraphs:
     Args:
         data: from `SparseGraphs.to_pyg()`, or `Batch.from_data_list` of `to_pyg_data`.
 
+    Returns:
+        The disjoint union with the same tensors (`x` as `node_features` `[N, 1]`, `edge_attr`
+        as `edge_features` `[E, d_e]`, ...), per-graph offsets recomputed from `batch`.
+
     Raises:
         BatchError: a field of a scalegmn graph is missing or does not fit the others.
     """

@@ -26,12 +26,14 @@ class ScaleGMN(nn.Module):
         config: the model configuration; parameter names follow `docs/model.md`.
 
     Example:
-        >>> from scalegmn.weightgraph import NetworkSpec, random_network
-        >>> from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
-        >>> nets = [random_network(NetworkSpec.siren(), rng=k) for k in range(3)]
-        >>> model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=4))
-        >>> model(collate(nets)).shape
-        torch.Size([3, 4])
+        ```python
+        from scalegmn.weightgraph import NetworkSpec, random_network
+        from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
+
+        nets = [random_network(NetworkSpec.siren(), rng=k) for k in range(3)]
+        model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=4))
+        assert model(collate(nets)).shape == (3, 4)
+        ```
     """
 
     def __init__(self, config: ScaleGMNConfig) -> None:

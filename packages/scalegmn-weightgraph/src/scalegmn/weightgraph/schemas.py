@@ -313,8 +313,11 @@ class NetworkSpec(_Schema):
         """An MLP with the given neuron counts `[n_0, ..., n_L]`.
 
         Example:
-            >>> NetworkSpec.mlp([2, 32, 32, 1], activation="sine").widths
-            [2, 32, 32, 1]
+            ```python
+            from scalegmn.weightgraph import NetworkSpec
+
+            assert NetworkSpec.mlp([2, 32, 32, 1], activation="sine").widths == [2, 32, 32, 1]
+            ```
         """
         if len(widths) < 2:
             raise ValueError(f"an MLP needs at least input and output widths, got {widths}")
