@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from einops import rearrange
 
 import torch
 from scalegmn.weightgraph import (
@@ -127,7 +128,7 @@ class DenseGraphs:
         """Edges of weight layer `l` (1..L): a view `[B, n_l, n_{l-1}, c]`."""
         x = self.edge_features if x is None else x
         lo, hi = self.edge_offsets[l - 1], self.edge_offsets[l]
-        return x[:, lo:hi].unflatten(1, (self.widths[l], self.widths[l - 1]))
+        return rearrange(x[:, lo:hi], "b (t s) c -> b t s c", t=self.widths[l], s=self.widths[l - 1])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DenseGraphs:
         """A copy on `device`, features cast to `dtype` (index tensors keep their dtype)."""

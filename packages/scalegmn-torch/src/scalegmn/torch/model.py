@@ -6,6 +6,8 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from einops import rearrange
+
 import torch
 import torch.nn.functional as F
 from scalegmn.weightgraph import ScaleGMNConfig
@@ -283,7 +285,7 @@ class ScaleGMN(nn.Module):
         if cfg.head == "equivariant":
             return self._edit_dense(b, h, e)
         if cfg.readout == "last_layer":
-            out = F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])).flatten(1)
+            out = rearrange(F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])), "b n d -> b (n d)")
         else:
             hid = [scale_inv(self._readout_inv(), h[k], grp[k], cfg.norm_eps,
                              cfg.sign_canon == "symmetrize").sum(1) for k in range(1, L)]
@@ -302,7 +304,7 @@ class ScaleGMN(nn.Module):
         for l in range(1, L + 1):  # noqa: E741
             mask = b.edge_mask[b.edge_offsets[l - 1]].to(e[l - 1].dtype)
             de = F.linear(e[l - 1], wedge) * mask
-            edges.append((b.layer_edges(l) + alpha[l - 1] * de).flatten(1, 2))
+            edges.append(rearrange(b.layer_edges(l) + alpha[l - 1] * de, "b t s c -> b (t s) c"))
         return b.with_features(torch.cat(nodes, 1), torch.cat(edges, 1))
 
     def _forward_sparse(self, b: SparseGraphs, pyg: bool = False) -> Tensor | SparseGraphs:
@@ -349,7 +351,7 @@ class ScaleGMN(nn.Module):
             flat = b.node_batch * cfg.max_out_nodes + b.node_pos
             sel = role == 2
             out = h.new_zeros(B * cfg.max_out_nodes, cfg.d_hidden).index_add(0, flat[sel], h[sel])
-            return self._readout_mlp()(out.view(B, -1))
+            return self._readout_mlp()(rearrange(out, "(b n) d -> b (n d)", b=B))
         inv = scale_inv(self._readout_inv(), h, grp[0], cfg.norm_eps, cfg.sign_canon == "symmetrize")
         parts = []
         for r, v in ((1, inv), (0, h), (2, h)):
@@ -364,11 +366,11 @@ def _is_pyg(batch: Any) -> bool:
 
 
 def _src_dense(x: Tensor) -> Tensor:
-    return x.unsqueeze(-3)
+    return rearrange(x, "... s c -> ... 1 s c")
 
 
 def _dst_dense(x: Tensor) -> Tensor:
-    return x.unsqueeze(-2)
+    return rearrange(x, "... t c -> ... t 1 c")
 
 
 def _sum_src_dense(x: Tensor) -> Tensor:
