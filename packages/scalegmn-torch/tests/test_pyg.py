@@ -73,6 +73,8 @@ def test_data_loader_batches_of_mixed_architectures(bidirectional: bool) -> None
     per_net = torch.cat([model(collate([n], F64)) for n in ns])  # dense fast path, one by one
     assert rel_err(got, per_net) < 1e-10
     assert rel_err(model.forward_pyg(collate(ns, F64).to_pyg()), per_net) < 1e-10
+    one = to_pyg_data(ns[-1], F64)  # a single Data, not a Batch
+    assert rel_err(model(one), per_net[-1:]) < 1e-10
 
 
 @settings(max_examples=25, deadline=None)
