@@ -415,13 +415,15 @@ class ScaleGMN(eqx.Module):
     `state_dict` keys), so checkpoints move between backends unchanged.
 
     Example:
-        >>> import jax
-        >>> from scalegmn.weightgraph import NetworkSpec, random_network
-        >>> from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
-        >>> model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=3), key=jax.random.key(0))
-        >>> nets = [random_network(NetworkSpec.mlp([2, 4, 1], "relu"), rng=i, dtype="float32") for i in range(2)]
-        >>> model(collate(nets)).shape
-        (2, 3)
+        ```python
+        import jax
+        from scalegmn.weightgraph import NetworkSpec, random_network
+        from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
+
+        model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=3), key=jax.random.key(0))
+        nets = [random_network(NetworkSpec.mlp([2, 4, 1], "relu"), rng=i, dtype="float32") for i in range(2)]
+        assert model(collate(nets)).shape == (2, 3)
+        ```
     """
 
     params: dict[str, Array]

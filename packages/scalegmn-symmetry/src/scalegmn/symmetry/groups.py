@@ -22,8 +22,11 @@ def group_of(activation: str) -> Group:
     (q != 0): identity; `"permutation"` (q = 1): sigmoid, gelu, silu, softplus, elu.
 
     Example:
-        >>> group_of("relu"), group_of("tanh"), group_of("gelu")
-        ('scale', 'sign', 'permutation')
+        ```python
+        from scalegmn.symmetry import group_of
+
+        assert (group_of("relu"), group_of("tanh"), group_of("gelu")) == ("scale", "sign", "permutation")
+        ```
     """
     return activation_group(activation)  # type: ignore[return-value]
 

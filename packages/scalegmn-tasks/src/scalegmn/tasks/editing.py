@@ -13,9 +13,12 @@ that no longer matches), the dilated render of the SIREN itself is the target in
 (`target="auto"` falls back to it; the result records which one was used).
 
 Example:
-    >>> from scalegmn.tasks.editing import EditConfig, train_editing
-    >>> r = train_editing("zoos/mnist5k-300", EditConfig(epochs=5))  # doctest: +SKIP
-    >>> r["test_mse"], r["identity_test_mse"]  # doctest: +SKIP
+    ```python
+    from scalegmn.tasks.editing import EditConfig, train_editing
+
+    r = train_editing("zoos/mnist5k-300", EditConfig(epochs=5))
+    print(r["test_mse"], r["identity_test_mse"])
+    ```
 """
 
 from __future__ import annotations
