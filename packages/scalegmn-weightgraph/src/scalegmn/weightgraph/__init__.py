@@ -6,6 +6,15 @@ libraries only when called.
 
 from __future__ import annotations
 
+from .activations import (
+    ACTIVATIONS,
+    Activation,
+    ActivationEntry,
+    GroupKind,
+    activation_group,
+    get_activation,
+    group_kind,
+)
 from .convert.arrays import (
     LayoutRow,
     from_arrays,
@@ -35,8 +44,6 @@ from .graph import (
 from .network import Network, apply_activation, forward
 from .random import random_network
 from .schemas import (
-    ACTIVATIONS,
-    Activation,
     ConvLayer,
     DenseLayer,
     LayerSymmetry,
@@ -45,7 +52,6 @@ from .schemas import (
     TrainConfig,
     ZooManifest,
     ZooShard,
-    activation_group,
     layer_symmetries,
 )
 
@@ -81,6 +87,7 @@ def to_equinox(network, key=None):  # type: ignore[no-untyped-def]
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "ActivationEntry",
     "ConvLayer",
     "DenseBatch",
     "DenseLayer",
@@ -88,6 +95,7 @@ __all__ = [
     "GraphBatch",
     "GraphError",
     "GraphLayout",
+    "GroupKind",
     "LayerSymmetry",
     "LayoutRow",
     "Network",
@@ -109,6 +117,8 @@ __all__ = [
     "from_graph_batch",
     "from_state_dict",
     "from_torch",
+    "get_activation",
+    "group_kind",
     "layer_symmetries",
     "layout",
     "parse_layout_csv",
