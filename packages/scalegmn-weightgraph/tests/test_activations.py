@@ -51,7 +51,7 @@ def test_literal_lists_the_registry_and_validates_names():
         assert DenseLayer(in_features=2, out_features=3, activation=name).activation == name  # type: ignore[arg-type]
     with pytest.raises(pydantic.ValidationError, match="relu7"):
         DenseLayer(in_features=2, out_features=3, activation="relu7")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown activation 'relu7'; supported: relu, .*relu6"):
+    with pytest.raises(ValueError, match=r"unknown activation 'relu7'; supported: relu, .*relu6"):
         get_activation("relu7")
 
 
