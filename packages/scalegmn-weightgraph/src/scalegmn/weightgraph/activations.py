@@ -155,6 +155,10 @@ def _sigmoid(z: NDArray) -> NDArray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def _elu(z: NDArray) -> NDArray:
+    return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
+
+
 def _gelu(z: NDArray) -> NDArray:
     verf = np.vectorize(math.erf, otypes=[z.dtype])
     return 0.5 * z * (1.0 + verf(z / math.sqrt(2.0)))  # type: ignore[no-any-return]
@@ -179,8 +183,7 @@ REGISTRY: dict[str, ActivationEntry] = {e.name: e for e in (
                     "jax.nn.silu"),
     ActivationEntry("softplus", GroupKind.PERMUTATION, lambda z: np.logaddexp(0.0, z), "torch.nn.Softplus",
                     "jax.nn.softplus", torch_fixed={"beta": 1.0, "threshold": 20.0}),
-    ActivationEntry("elu", GroupKind.PERMUTATION, lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),
-                    "torch.nn.ELU", "jax.nn.elu", torch_fixed={"alpha": 1.0}),
+    ActivationEntry("elu", GroupKind.PERMUTATION, _elu, "torch.nn.ELU", "jax.nn.elu", torch_fixed={"alpha": 1.0}),
     # hardtanh(q z) = q hardtanh(z) only for q = +-1: the clip at +-1 breaks positive scalings
     ActivationEntry("hardtanh", GroupKind.SIGN, lambda z: np.clip(z, -1.0, 1.0), "torch.nn.Hardtanh",
                     "jax.nn.hard_tanh", torch_fixed={"min_val": -1.0, "max_val": 1.0}),
