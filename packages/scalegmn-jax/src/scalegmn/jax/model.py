@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 import jax
 import jax.numpy as jnp
-from scalegmn.weightgraph import ScaleGMNConfig
+from scalegmn.weightgraph import GroupKind, ScaleGMNConfig
 
 from .batch import DenseGraphBatch, GraphBatch
 from .params import init_params
@@ -23,7 +23,7 @@ _ACT = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "tanh": jnp.tanh,
 }
-_MODE_CODE = {"permutation": 0, "scale": 1, "sign": 2, "nonzero": 3}
+_MODE_CODE = {k.label: k for k in GroupKind}
 # Tests switch this on to show that the uncorrected backward message breaks equivariance.
 _NAIVE_BACKWARD = False
 
@@ -70,9 +70,9 @@ class _Ctx:
     def inv_tail(self, name: str, pre: Array, sq: Array, g: Array, sign: Array | None) -> Array:
         """ScaleInv from `pre = W_0 x` and `sq = ||x||^2`: `W_0 u = W_0 x / max(||x||, eps)` for
         scale groups, and `W_0 (-u) = -W_0 u` (one first Linear for both symmetrised branches)."""
-        scaled = ((g == 1) | (g == 3))[..., None]
+        scaled = ((g == GroupKind.SCALE) | (g == GroupKind.NONZERO))[..., None]
         pre = jnp.where(scaled, pre / jnp.maximum(_sqrt0(sq), self.cfg.norm_eps), pre)
-        signed = ((g == 2) | (g == 3))[..., None]
+        signed = ((g == GroupKind.SIGN) | (g == GroupKind.NONZERO))[..., None]
         if self.cfg.sign_canon == "symmetrize":
             return self.tail(name, pre) + jnp.where(signed, self.tail(name, -pre), 0.0)
         assert sign is not None
@@ -321,7 +321,7 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
     if cfg.symmetry in ("auto", "hetero"):
         grp = b.node_group
     else:
-        grp = jnp.broadcast_to(jnp.where(role == 1, _MODE_CODE[cfg.symmetry], 0), b.node_group.shape)
+        grp = jnp.broadcast_to(jnp.where(role == 1, _MODE_CODE[cfg.symmetry], GroupKind.PERMUTATION), b.node_group.shape)
     grp_src, grp_dst = g.at_src(grp), g.at_dst(grp)
     x = b.node_features
     xin = jnp.where((role == 0)[:, None], jnp.asarray(cfg.input_node_value, x.dtype), x)
@@ -364,7 +364,7 @@ def forward(params: dict[str, Array], cfg: ScaleGMNConfig, b: GraphBatch | Dense
             wb = P[f"{pre}.bwd.rescale.b.weight"]
             # c_ji: squared norms only where the group has continuous multipliers.
             sq = jnp.sum(h * h, -1, keepdims=True)
-            cont = ((grp == 1) | (grp == 3))[..., None]
+            cont = ((grp == GroupKind.SCALE) | (grp == GroupKind.NONZERO))[..., None]
             n_src = jnp.where(cont, sq, 1.0)
             n_dst = jnp.where(cont, jnp.maximum(sq, cfg.norm_eps**2), 1.0)
 

@@ -28,6 +28,7 @@ from einops import rearrange
 import torch
 from scalegmn.weightgraph import (
     GraphError,
+    GroupKind,
     Network,
     NetworkSpec,
     from_dense_batch,
@@ -49,10 +50,10 @@ class BatchError(ValueError):
 @lru_cache(maxsize=256)
 def _auto_codes(signature: str) -> tuple[int, ...]:
     spec = NetworkSpec.model_validate_json(signature)
-    codes = [0] * spec.widths[0]
+    codes = [int(GroupKind.PERMUTATION)] * spec.widths[0]
     for k, layer in enumerate(spec.layers[:-1]):
         codes += [group_code(layer.activation)] * spec.widths[k + 1]
-    return tuple(codes + [0] * spec.widths[-1])
+    return tuple(codes + [int(GroupKind.PERMUTATION)] * spec.widths[-1])
 
 
 def _shape_key(spec: NetworkSpec) -> str:
@@ -80,7 +81,7 @@ class DenseGraphs:
     Attributes:
         node_features: `[B, N, d_v]` (biases; input nodes hold the collate-time value).
         edge_features: `[B, E, d_e]`, layer blocks in order, target-major inside a layer.
-        node_group: `[B, N]` `"auto"` group codes (0 trivial, 1 scale, 2 sign, 3 nonzero).
+        node_group: `[B, N]` `"auto"` group codes (`scalegmn.weightgraph.GroupKind`).
         node_layer, node_role, node_pos: `[N]`.
         edge_layer: `[E]` weight layer 1..L.
         edge_mask: `[E, d_e]` True where an edge vector holds a weight.

@@ -6,6 +6,15 @@ libraries only when called.
 
 from __future__ import annotations
 
+from .activations import (
+    ACTIVATIONS,
+    Activation,
+    ActivationEntry,
+    GroupKind,
+    activation_group,
+    get_activation,
+    group_kind,
+)
 from .convert.arrays import (
     LayoutRow,
     from_arrays,
@@ -35,13 +44,10 @@ from .graph import (
 from .network import Network, apply_activation, forward
 from .random import random_network
 from .schemas import (
-    ACTIVATIONS,
-    Activation,
     ConvLayer,
     DenseLayer,
     NetworkSpec,
     ScaleGMNConfig,
-    activation_group,
 )
 
 
@@ -76,6 +82,7 @@ def to_equinox(network, key=None):  # type: ignore[no-untyped-def]
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "ActivationEntry",
     "ConvLayer",
     "DenseBatch",
     "DenseLayer",
@@ -83,6 +90,7 @@ __all__ = [
     "GraphBatch",
     "GraphError",
     "GraphLayout",
+    "GroupKind",
     "LayoutRow",
     "Network",
     "NetworkError",
@@ -100,6 +108,8 @@ __all__ = [
     "from_graph_batch",
     "from_state_dict",
     "from_torch",
+    "get_activation",
+    "group_kind",
     "layout",
     "parse_layout_csv",
     "random_network",

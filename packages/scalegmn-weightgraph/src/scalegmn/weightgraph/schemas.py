@@ -1,7 +1,7 @@
 """Pydantic schemas shared by every scalegmn package.
 
-Importing this module needs only pydantic (no numpy arrays live inside the models,
-no torch, no jax). Every model serialises to JSON and publishes a JSON Schema.
+Importing this module needs only pydantic and numpy (no numpy arrays live inside the
+models, no torch, no jax). Every model serialises to JSON and publishes a JSON Schema.
 """
 
 from __future__ import annotations
@@ -14,54 +14,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Activation = Literal[
-    "relu",
-    "leaky_relu",
-    "tanh",
-    "sine",
-    "identity",
-    "sigmoid",
-    "gelu",
-    "silu",
-    "softplus",
-    "elu",
-]
-"""Activation names understood everywhere in scalegmn (applied after a layer)."""
-
-ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
+from .activations import ACTIVATIONS, Activation, activation_group  # noqa: F401  (re-exported)
 
 SymmetryGroup = Literal["scale", "sign", "nonzero", "permutation"]
 """The group of multipliers a hidden neuron admits (see `scalegmn.symmetry.group_of`)."""
-
-_GROUP_OF_ACTIVATION: dict[str, str] = {
-    "relu": "scale",
-    "leaky_relu": "scale",
-    "tanh": "sign",
-    "sine": "sign",
-    "identity": "nonzero",
-    "sigmoid": "permutation",
-    "gelu": "permutation",
-    "silu": "permutation",
-    "softplus": "permutation",
-    "elu": "permutation",
-}
-
-
-def activation_group(activation: str) -> str:
-    """The multiplier group of a hidden neuron followed by `activation`.
-
-    `"scale"`: q > 0 (ReLU, LeakyReLU); `"sign"`: q in {+1, -1} (odd functions:
-    tanh, sine); `"nonzero"`: q != 0 (identity); `"permutation"`: q = 1.
-
-    Raises:
-        ValueError: for an unknown activation name.
-    """
-    try:
-        return _GROUP_OF_ACTIVATION[activation]
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {activation!r}; supported: {', '.join(ACTIVATIONS)}"
-        ) from None
 
 
 class _Schema(BaseModel):

@@ -9,15 +9,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..activations import REGISTRY, get_activation, torch_entry
 from ..errors import UnsupportedLayerError
 from ..network import Network
 from ..schemas import ConvLayer, DenseLayer
 from ._spec import build_spec
 from ._verify import verify_same_function
 
+
+def _torch_activation_names() -> str:
+    names = []
+    for entry in REGISTRY.values():
+        if entry.torch is not None:
+            fixed = ", ".join(f"{k}={v!r}" for k, v in entry.torch_fixed.items())
+            names.append(entry.torch.rpartition(".")[2] + (f"({fixed})" if fixed else ""))
+    return ", ".join(names)
+
+
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (dilation 1, groups 1, zero padding), nn.ZeroPad2d before a Conv2d, "
-    "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, ELU(alpha=1), Identity, Sine, "
+    f"{_torch_activation_names()}, Identity, "
     "AdaptiveAvgPool2d(1), Flatten, Dropout (a no-op at inference)"
 )
 
@@ -44,12 +55,6 @@ class AddConstant(nn.Module):
         return x + self.value
 
 
-_ACT_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.SiLU: "silu",
-    nn.Softplus: "softplus", nn.ELU: "elu", nn.LeakyReLU: "leaky_relu",
-}
-
-
 def _leaves(module: nn.Module, prefix: str = "", root: bool = True) -> list[tuple[str, nn.Module]]:
     """Layers in registration order: containers and the root module are opened, any other
     module with children (attention, recurrent, residual blocks) stays whole and is refused."""
@@ -69,18 +74,16 @@ def _leaves(module: nn.Module, prefix: str = "", root: bool = True) -> list[tupl
 def _activation_of(m: nn.Module, path: str) -> tuple[str, dict[str, float]] | None:
     if hasattr(m, "w0") and "sine" in type(m).__name__.lower():
         return "sine", {"w0": float(m.w0)}  # type: ignore[arg-type]
-    for cls, name in _ACT_MODULES.items():
-        if isinstance(m, cls):
-            if isinstance(m, nn.LeakyReLU):
-                return name, {"negative_slope": float(m.negative_slope)}
-            if isinstance(m, nn.ELU) and m.alpha != 1.0:
-                raise UnsupportedLayerError(f"{path}: ELU with alpha={m.alpha}; only alpha=1 is supported")
-            if isinstance(m, nn.Softplus) and (m.beta != 1 or m.threshold != 20):
-                raise UnsupportedLayerError(f"{path}: Softplus must have beta=1, threshold=20")
-            if isinstance(m, nn.GELU) and m.approximate != "none":
-                raise UnsupportedLayerError(f"{path}: GELU(approximate='tanh') is not supported; use the exact GELU")
-            return name, {}
-    return None
+    entry = torch_entry(m)
+    if entry is None:
+        return None
+    bad = {k: getattr(m, k) for k, v in entry.torch_fixed.items() if getattr(m, k) != v}
+    if bad:
+        got = ", ".join(f"{k}={v!r}" for k, v in bad.items())
+        need = ", ".join(f"{k}={v!r}" for k, v in entry.torch_fixed.items())
+        raise UnsupportedLayerError(f"{path}: {type(m).__name__} with {got} is not supported; "
+                                    f"{entry.name} needs {need}")
+    return entry.name, {p: float(getattr(m, p)) for p in entry.params}
 
 
 def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
@@ -217,15 +220,7 @@ def _runner(module: nn.Module) -> tuple[Any, np.dtype]:
 
 
 def _act_module(layer: DenseLayer | ConvLayer) -> nn.Module | None:
-    a = layer.activation
-    if a == "identity":
-        return None
-    if a == "sine":
-        return Sine(layer.w0)
-    if a == "leaky_relu":
-        return nn.LeakyReLU(layer.negative_slope)
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU,
-            "softplus": nn.Softplus, "elu": nn.ELU}[a]()
+    return get_activation(layer.activation).torch_module(layer)  # type: ignore[no-any-return]
 
 
 def to_torch(network: Network) -> nn.Sequential:
