@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .activations import ACTIVATIONS, Activation, activation_group  # noqa: F401  (re-exported)
 
-SymmetryGroup = Literal["scale", "sign", "nonzero", "permutation"]
 """The group of multipliers a hidden neuron admits (see `scalegmn.symmetry.group_of`)."""
 
 
