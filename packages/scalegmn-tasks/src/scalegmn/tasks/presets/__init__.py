@@ -30,6 +30,7 @@ import copy
 import difflib
 import functools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
@@ -204,7 +205,7 @@ def preset_text(name: str) -> str:
     return resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _document(name: str) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(preset_text(name))
@@ -363,9 +364,14 @@ def apply_overrides(
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise PresetError(f"--set {item}: the value {raw!r} is not YAML; quote a string as '...'") from None
+        if isinstance(value, str) and _EXPONENT.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         _set(out, key, value, schema, item)
     _validate(schema, out, f"--set {' '.join(overrides)}" if overrides else "config")
     return out
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _set(config: dict[str, Any], key: str, value: Any, schema: type[BaseModel] | None, item: str) -> None:
