@@ -419,20 +419,20 @@ def preset_parameter_count(name: str) -> int:
 
 
 def format_paper_value(paper: PaperResult) -> str:
-    """The paper's number as the paper prints it (accuracy in %, MSE x 1e-2, tau as is).
+    """The paper's number as the paper prints it (accuracy in %, MSE in units of 1e-2, Kendall's tau as is).
 
     Example:
         ```python
-        format_paper_value(PaperResult(metric="test_accuracy", value=0.9657, table="..."))  # '96.57 %'
+        format_paper_value(PaperResult(metric="test_accuracy", value=0.9657, table="..."))  # '96.57%'
         ```
     """
     if paper.value is None:
         return "-"
     if paper.metric == "test_accuracy":
-        return f"{100 * paper.value:.2f} %"
+        return f"{100 * paper.value:.2f}%"
     if paper.metric == "test_mse":
-        return f"{100 * paper.value:.2f}e-2 MSE"
-    return f"tau {paper.value:.3f}"
+        return f"{100 * paper.value:.2f}e-2"
+    return f"{paper.value:.3f}"
 
 
 def preset_summary(name: str) -> dict[str, Any]:
@@ -444,7 +444,7 @@ def preset_summary(name: str) -> dict[str, Any]:
     info = preset_info(name)
     gmn = get_preset(name).gmn
     today = preset_parameter_count(name)
-    model = f"ScaleGMN{'-B' if gmn.bidirectional else ''} {gmn.d_hidden}x{gmn.n_layers}"
+    model = f"{'ScaleGMN-B' if gmn.bidirectional else 'ScaleGMN'} {gmn.d_hidden}x{gmn.n_layers}"
     return {"name": name, "task": info.task, "data": info.data_kind, "model": model,
             "paper": format_paper_value(info.paper), "parameters": today,
             "original": info.original.parameters, "ratio": today / info.original.parameters}

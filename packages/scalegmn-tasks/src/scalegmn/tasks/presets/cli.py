@@ -19,6 +19,7 @@ def presets(
     """List the presets: task, data kind, model, the paper's number, parameters today vs the original."""
     if ctx.invoked_subcommand is not None:
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -29,15 +30,21 @@ def presets(
         for r in rows:
             typer.echo(json.dumps(r))
         return
-    table = Table(title="The paper's experiments (scalegmn presets show NAME prints one)")
-    for col, justify in (("name", "left"), ("task", "left"), ("data", "left"), ("model", "left"),
-                         ("paper", "right"), ("params today", "right"), ("original", "right"),
-                         ("today/original", "right")):
-        table.add_column(col, justify=justify, no_wrap=col == "name")  # type: ignore[arg-type]
+    table = Table(title="The paper's experiments (scalegmn presets show NAME prints one)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    # names and numbers never wrap (a narrow terminal wraps the words of task, data and model)
+    for col, right, wrap in (("name", False, False), ("task", False, True), ("data", False, True),
+                             ("model", False, True), ("paper", True, False), ("params", True, False),
+                             ("original", True, False), ("ratio", True, False)):
+        table.add_column(col, justify="right" if right else "left", no_wrap=not wrap,
+                         overflow="fold" if wrap else "ellipsis")
     for r in rows:
         table.add_row(r["name"], r["task"], r["data"], r["model"], r["paper"], f"{r['parameters']:,}",
                       f"{r['original']:,}", f"{r['ratio']:.2f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print("params: today's model; original: the original implementation's; ratio: params / original "
+                  "(each preset's proposed: options close the gap once they exist)")
 
 
 @app.command()
