@@ -242,3 +242,21 @@ def test_cli_shows_one_preset() -> None:
     assert res.exit_code == 2 and "did you mean inr-mnist-scalegmn" in res.output
     res = runner.invoke(_cli(), ["presets", "show", "inr-mnist-scalegmn", "--set", "gmn.foo=1"])
     assert res.exit_code == 2 and "unknown key 'foo' in gmn" in res.output
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_run_config_follows_the_original_model(name: str) -> None:
+    g, info = get_preset(name).gmn, preset_info(name)
+    m, layout = info.original.model, info.original.model["layout"]
+    assert (g.d_hidden, g.mlp_width, g.n_layers) == (m["d_hid"], m["d_hid"], m["num_layers"])
+    assert g.bidirectional == (m["direction"] == "bidirectional") and g.symmetry == m["symmetry"]
+    assert (g.layer_norm, g.skip_connections) == (m["ln"], m["skip"])
+    assert (g.max_in_nodes, g.max_out_nodes, g.max_hidden_layers) == (layout[0], layout[-1], len(layout) - 2)
+    assert g.d_edge_in == m.get("d_in_e", 1)
+    assert (g.head == "equivariant") == m.get("equivariant", False)
+    if g.head == "invariant":
+        assert (g.d_out, g.readout) == (m["d_out"], m["readout"])
+    # the original's dropout sits between layers, and inside the MLPs too with dropout_all
+    assert g.dropout == (m["dropout"] if m["dropout_all"] else 0.0)
+    assert info.proposed["gmn.layer_dropout"].value == m["dropout"]
+    assert info.proposed["gmn.io_mlps"].value == {2: "shared", 3: "separate"}[m["num_mlps"]]
