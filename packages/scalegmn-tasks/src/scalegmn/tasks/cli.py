@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Scale equivariant graph metanetworks.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(__import__("scalegmn.tasks.presets.cli", fromlist=["app"]).app, name="presets")
 
 
 @app.command()
