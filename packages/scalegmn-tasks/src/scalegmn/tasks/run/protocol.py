@@ -35,6 +35,7 @@ from .folder import (
     STATE_FILE,
     RunFolder,
     append_rows,
+    disk_errors,
     load_state,
     save_state,
 )
@@ -161,7 +162,8 @@ def _train(spec: RunSpec, task: Task, data: Any, backend: Any, folder: RunFolder
                 if task.keeps_best_model:
                     backend.keep_best()
                 if folder is not None and folder.writer:
-                    backend.save_best(folder.path / BEST_DIR)
+                    with disk_errors(folder.path / BEST_DIR):
+                        backend.save_best(folder.path / BEST_DIR)
             history.append(row)
             if writer:
                 append_rows(logs, [{"model": spec.tag, **row}])

@@ -166,13 +166,14 @@ class TorchBackend(Backend):
         self.opt.zero_grad()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.setup.loop.grad_clip)
+        loss = loss.detach()
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"the loss is {float(loss)}")
+            raise NonFiniteError(f"the loss is {loss.item()}")
         if not torch.isfinite(norm):
             raise NonFiniteError(f"the gradient norm is {float(norm)}")
         self.opt.step()
         self.sched.step()
-        return _global_sum(loss.detach(), self.world) / self.world
+        return _global_sum(loss, self.world) / self.world
 
     def evaluate(self, split: str, nets: Sequence[Network], targets: np.ndarray) -> float:
         """The task's metric over the split (its batches built once)."""
