@@ -240,3 +240,31 @@ def test_a_full_disk_is_one_line_naming_the_path(tiny_zoo, tmp_path, monkeypatch
     res = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "r"), "--quiet"])
     line = _one_line_error(res)
     assert str(tmp_path / "r" / STATE_FILE) in line and "no space left" in line
+
+
+def test_a_gpu_that_is_not_there_stops_before_any_work(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "cfg.json").write_text(_cfg(tiny_zoo, epochs=1).model_dump_json())
+    for device in ("cuda", "cuda:1"):
+        res = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "g"),
+                                       "--device", device, "--quiet"])
+        assert "no GPU" in _one_line_error(res) and device in res.output
+        assert not (tmp_path / "g").exists()
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.json"), "--device", "gpu0"])
+    assert "--device 'gpu0'" in _one_line_error(res)
+    res = CliRunner().invoke(app, ["edit", str(tiny_zoo), "--device", "cuda", "--out", str(tmp_path / "e")])
+    assert "no GPU" in _one_line_error(res) and not (tmp_path / "e").exists()
+    with pytest.raises(ValidationError, match="device"):
+        RunConfig(zoo="z", device="tpu")
+
+
+def test_device_cpu_trains_on_the_cpu(tiny_zoo, tmp_path):
+    (tmp_path / "cfg.json").write_text(_cfg(tiny_zoo, epochs=1).model_dump_json())
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "c"),
+                                   "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["device"] == "cpu"
+    from scalegmn.torch import load_checkpoint
+
+    model = load_checkpoint(tmp_path / "c" / "best")
+    assert all(p.device.type == "cpu" for p in model.parameters())

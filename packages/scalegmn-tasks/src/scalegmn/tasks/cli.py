@@ -38,6 +38,7 @@ def train(
     log: Annotated[Path | None, typer.Option(help="Also append per-epoch metrics to this JSONL file.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     backend: Annotated[str | None, typer.Option(help="torch or jax (overrides the config's backend).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the config's device).")] = None,
 ) -> None:
     """Train one metanetwork on a zoo; report the test metric at the best validation epoch.
 
@@ -53,6 +54,8 @@ def train(
         cfg = load_run_config(config)
         if backend is not None:
             cfg = with_backend(cfg, backend)
+        if device is not None:
+            cfg = with_device(cfg, device)
         result = train_run(cfg, out=out, resume=resume, log_path=log, progress=not quiet)
     except TrainError as err:
         typer.echo(f"error: {err}", err=True)
@@ -71,6 +74,18 @@ def with_backend(cfg: RunConfig, backend: str) -> RunConfig:
         return RunConfig.model_validate({**cfg.model_dump(), "backend": backend})
     except ValidationError as err:
         raise TrainError(f"--backend {backend!r}: use torch or jax\n{err}") from None
+
+
+def with_device(cfg: RunConfig, device: str) -> RunConfig:
+    """`cfg` with its `device` replaced (validated: `auto`, `cpu`, `cuda` or `cuda:N`)."""
+    from pydantic import ValidationError
+
+    from .run.config import RunConfig, TrainError
+
+    try:
+        return RunConfig.model_validate({**cfg.model_dump(), "device": device})
+    except ValidationError:
+        raise TrainError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 @app.command()
@@ -100,6 +115,7 @@ def edit(
     n_layers: Annotated[int | None, typer.Option(help="Message-passing layers of the ScaleGMN.")] = None,
     max_train: Annotated[int | None, typer.Option(help="Use only this many train INRs.")] = None,
     backend: Annotated[str | None, typer.Option(help="torch or jax (overrides the config's backend).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the config's device).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped (same config).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -118,7 +134,8 @@ def edit(
         cfg = load_edit_config(config) if config is not None else EditConfig()
         gmn = {k: v for k, v in {"d_hidden": d_hidden, "n_layers": n_layers}.items() if v is not None}
         update: dict[str, object] = {k: v for k, v in {"epochs": epochs, "max_train": max_train,
-                                                        "backend": backend}.items() if v is not None}
+                                                        "backend": backend, "device": device}.items()
+                                   if v is not None}
         if config is None and epochs is None:
             update["epochs"] = 10
         if gmn:

@@ -33,11 +33,10 @@ from pydantic import Field, field_validator
 
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .run.backends import get_backend
 from .run.backends.base import ModelSetup
 from .run.config import LoopConfig, TrainError, read_config_file
 from .run.models import get_model_kind
-from .run.protocol import RunSpec, run_protocol
+from .run.protocol import RunSpec, check_backend, run_protocol
 from .run.tasks import EditingTask
 from .sirens import (
     EditingError,
@@ -152,7 +151,7 @@ def train_editing(
         TrainError: the folder, the resume or the backend do not fit; a non-finite loss.
     """
     cfg = config or EditConfig()
-    get_backend(cfg.backend).check_environment()
+    check_backend(cfg.backend, cfg.device)
     task = EditingTask(str(zoo), cfg.target, cfg.max_train, cfg.max_eval, cfg.n_examples, cfg.gmn)
     kind = get_model_kind("scalegmn")
     spec = RunSpec(config={"zoo": str(zoo), **json.loads(cfg.model_dump_json())},

@@ -29,7 +29,7 @@ from .run.backends.base import ModelSetup
 from .run.config import LoopConfig, ModelKindName, RunConfig, TrainError, load_run_config
 from .run.folder import BEST_DIR, METRICS_FILE, RUN_FILE, STATE_FILE
 from .run.models import get_model_kind
-from .run.protocol import RunSpec, run_protocol
+from .run.protocol import RunSpec, check_backend, run_protocol
 from .run.tasks import kendall_tau, layer_scales, scale_layers, zoo_task
 
 __all__ = [
@@ -133,7 +133,7 @@ def train_run(
             do not fit (for `backend="jax"` also: jax is not installed, or the call runs
             under torchrun); a `NonFiniteError` when the loss or gradient stops being finite.
     """
-    get_backend(cfg.backend).check_environment()
+    check_backend(cfg.backend, cfg.device)
     task = zoo_task(cfg)
     spec = RunSpec(config=json.loads(cfg.model_dump_json()), model=model_setup(cfg), backend=cfg.backend,
                    tag=cfg.model)
@@ -159,8 +159,8 @@ def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
         cfg = RunConfig.model_validate_json((run / RUN_FILE).read_text())
     except ValueError as err:
         raise TrainError(f"{run / RUN_FILE}: not a valid run config: {str(err)[:300]}") from None
+    check_backend(cfg.backend, cfg.device)
     backend_cls = get_backend(cfg.backend)
-    backend_cls.check_environment()
     task = zoo_task(cfg)
     data = task.load()
     backend = backend_cls(model_setup(cfg), task, data.n_params, 0, 1)

@@ -57,6 +57,10 @@ class LoopConfig(BaseModel):
             `jax.devices()`).
         threads: torch threads per process (None: torch's default; the JAX backend ignores
             it: XLA's threads are fixed by `XLA_FLAGS` before jax starts).
+        device: `"auto"` (a GPU if torch sees one, else the CPU; under torchrun the
+            process's `LOCAL_RANK` GPU), `"cpu"`, `"cuda"` or `"cuda:N"`. A GPU that is
+            not there stops the run before any work. The JAX backend places arrays on its
+            default devices and only checks that a GPU exists when one is asked for.
 
     NaN and infinite numbers are refused here and in the nested model configuration.
     """
@@ -72,6 +76,7 @@ class LoopConfig(BaseModel):
     max_train: int | None = Field(default=None, ge=1)
     backend: BackendName = "torch"
     threads: int | None = Field(default=None, ge=1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
 
     @model_validator(mode="after")
     def _finite_everywhere(self) -> LoopConfig:

@@ -59,6 +59,17 @@ class RunSpec:
     tag: str
 
 
+def check_backend(name: str, device: str = "auto") -> None:
+    """Refuse before any work when backend `name` cannot run here or `device` is not there.
+
+    Raises:
+        TrainError: naming what is missing and what to use instead.
+    """
+    backend_cls = get_backend(name)
+    backend_cls.check_environment()
+    backend_cls.check_device(device)
+
+
 def run_protocol(
     spec: RunSpec,
     task: Task,
@@ -90,8 +101,8 @@ def run_protocol(
             gradient stops being finite, the last good state left resumable.
     """
     loop = spec.model.loop
+    check_backend(spec.backend, loop.device)
     backend_cls = get_backend(spec.backend)
-    backend_cls.check_environment()
     rank, world = backend_cls.processes(loop.threads)
     if world > 1 and loop.batch_size < world:
         raise TrainError(f"batch_size={loop.batch_size} is smaller than the {world} processes; "
@@ -136,7 +147,7 @@ def _train(spec: RunSpec, task: Task, data: Any, backend: Any, folder: RunFolder
     logs = [Path(p) for p in (log_path, folder.path / METRICS_FILE if folder else None) if p is not None]
     writer = folder is None or folder.writer
     t0 = time.perf_counter() - seconds_before
-    label = spec.tag if spec.backend == "torch" else f"{spec.tag} ({spec.backend})"
+    label = f"{spec.tag} ({backend.name})"
     with Progress(disable=not progress or not writer, transient=True) as bar:
         task_bar = bar.add_task(label, total=loop.epochs * steps_per_epoch,
                                 completed=start_epoch * steps_per_epoch)

@@ -53,6 +53,11 @@ class Backend(ABC):
         return None
 
     @staticmethod
+    def check_device(device: str) -> None:
+        """Refuse (TrainError) before any work when `device` is not there."""
+        return None
+
+    @staticmethod
     def processes(threads: int | None) -> tuple[int, int]:
         """Start the processes' group if any; `(rank, world)`."""
         return 0, 1

@@ -202,6 +202,15 @@ class JaxBackend(Backend):
             raise TrainError("backend='jax' does not run under torchrun (WORLD_SIZE>1): start one process; "
                              "it trains data parallel over every JAX device (jax.devices())")
 
+    @staticmethod
+    def check_device(device: str) -> None:
+        """A GPU asked for must be among JAX's devices (placement stays JAX's default)."""
+        import jax
+
+        if device.startswith("cuda") and not any(d.platform == "gpu" for d in jax.devices()):
+            raise TrainError(f"device={device!r} but JAX sees no GPU (devices: {jax.devices()}); "
+                             f"use device='cpu' or 'auto', or install jax with CUDA support")
+
     def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int) -> None:
         import equinox as eqx
         import jax

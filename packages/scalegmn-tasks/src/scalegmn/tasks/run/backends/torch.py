@@ -111,10 +111,39 @@ def _global_sum(x: torch.Tensor, world: int) -> float:
     return float(x)
 
 
+def resolve_device(device: str) -> torch.device:
+    """The torch device of a `LoopConfig.device` value.
+
+    Raises:
+        TrainError: a GPU is asked for and torch sees none, or not that many.
+    """
+    import os
+
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrainError(f"device={device!r} but torch sees no GPU (torch.cuda.is_available() is False); "
+                         f"use device='cpu' or 'auto'")
+    index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", "0"))
+    if index >= torch.cuda.device_count():
+        raise TrainError(f"device={device!r} but torch sees {torch.cuda.device_count()} GPU(s); "
+                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return torch.device("cuda", index)
+
+
 class TorchBackend(Backend):
     """The torch adapter (see the module docstring and `Backend`)."""
 
     name = "torch"
+
+    @staticmethod
+    def check_device(device: str) -> None:
+        """`resolve_device` (the refusal of a missing GPU)."""
+        resolve_device(device)
 
     @staticmethod
     def processes(threads: int | None) -> tuple[int, int]:
@@ -132,10 +161,12 @@ class TorchBackend(Backend):
     def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int) -> None:
         self.setup, self.task, self.n_params, self.rank, self.world = setup, task, n_params, rank, world
         self.family = FAMILIES[setup.kind.family]
-        self._model = build_model(setup, n_params)
+        self.device = resolve_device(setup.loop.device)
+        self._model = build_model(setup, n_params).to(self.device)
         self.net = self._model
         if world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(self._model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self._model, device_ids=ids)
         loop = setup.loop
         self.opt = torch.optim.AdamW(self._model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
         warm = max(loop.warmup_steps, 1)
@@ -150,7 +181,10 @@ class TorchBackend(Backend):
         return self._model
 
     def _targets(self, y: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(y)).to(self.target_dtype)
+        return torch.from_numpy(np.ascontiguousarray(y)).to(self.device, self.target_dtype)
+
+    def _batch(self, nets: Sequence[Network]) -> Any:
+        return self.family.batch(nets).to(self.device)
 
     def train_mode(self) -> None:
         """`model.train()`."""
@@ -161,7 +195,7 @@ class TorchBackend(Backend):
         local = np.arange(len(nets))[self.rank::self.world]
         # DDP averages gradients over processes: scale so the average is d(mean loss).
         scale = self.world / len(nets)
-        out = self.net(self.family.batch([nets[i] for i in local]))
+        out = self.net(self._batch([nets[i] for i in local]))
         loss = self.task.torch_loss_sum(out, self._targets(targets[local])) * scale
         self.opt.zero_grad()
         loss.backward()
@@ -178,7 +212,7 @@ class TorchBackend(Backend):
     def evaluate(self, split: str, nets: Sequence[Network], targets: np.ndarray) -> float:
         """The task's metric over the split (its batches built once)."""
         if split not in self._eval:
-            self._eval[split] = [(self.family.batch(nets[i:i + EVAL_BATCH]), targets[i:i + EVAL_BATCH])
+            self._eval[split] = [(self._batch(nets[i:i + EVAL_BATCH]), targets[i:i + EVAL_BATCH])
                                  for i in range(0, len(nets), EVAL_BATCH)]
         self._model.eval()
         values = []
@@ -207,7 +241,8 @@ class TorchBackend(Backend):
         """Restore `state()`'s content."""
         if info.get("backend", "torch") != self.name:
             raise TrainError(f"{path} is the state of a {info.get('backend')} run, not a torch run")
-        t = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+        t = {k: torch.from_numpy(np.array(v)).to(self.device) if k != "rng.torch" else torch.from_numpy(np.array(v))
+             for k, v in tensors.items()}
         try:
             self._model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
             state: dict[int, dict[str, Any]] = {}
@@ -229,7 +264,7 @@ class TorchBackend(Backend):
 
     def load_best(self, path: Path) -> None:
         """Load a model `save_best` wrote."""
-        self._model = self.family.load_best(self.setup, self.n_params, path)
+        self._model = self.family.load_best(self.setup, self.n_params, path).to(self.device)
 
     def keep_best(self, path: Path | None = None) -> None:
         """A copy of the state dict (of the model in `path` if given)."""
@@ -249,7 +284,7 @@ class TorchBackend(Backend):
         """Decode the equivariant head's output graphs."""
         self._model.eval()
         with torch.no_grad():
-            out = self._model(self.family.batch(nets))
+            out = self._model(self._batch(nets))
         return list(out.to_networks())
 
 
