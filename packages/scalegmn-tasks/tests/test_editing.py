@@ -274,3 +274,24 @@ def test_a_killed_editing_run_resumes_exactly(digits_zoo, tmp_path, monkeypatch)
     # negative control: another seed gives other losses, so the equality above is not trivial
     other = train_editing(digits_zoo, _small_config(epochs=1, seed=1), progress=False)
     assert other["history"][0]["loss"] != full["history"][0]["loss"]
+
+
+def test_cli_edit_under_torchrun_matches_one_process(digits_zoo, tmp_path):
+    """`scalegmn edit` under torchrun (2 CPU processes, gloo) follows the single-process run."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = _small_config(epochs=2)
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    one = train_editing(digits_zoo, cfg, progress=False, out=tmp_path / "one")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "scalegmn.tasks.cli", "edit", str(digits_zoo), "--config", str(tmp_path / "cfg.json"),
+           "--out", str(tmp_path / "two"), "--no-progress"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    np.testing.assert_allclose([h["loss"] for h in two["history"]], [h["loss"] for h in one["history"]],
+                               rtol=1e-5)
+    assert two["test_mse"] == pytest.approx(one["test_mse"], rel=1e-4)

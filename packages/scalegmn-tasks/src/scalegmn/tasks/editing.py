@@ -17,9 +17,12 @@ run folder, `resume`, torchrun and `backend="jax"` as the zoo tasks. The rendere
 dilation and the SIREN checks live in `scalegmn.tasks.sirens` and are re-exported here.
 
 Example:
-    >>> from scalegmn.tasks.editing import EditConfig, train_editing
-    >>> r = train_editing("zoos/mnist5k-300", EditConfig(epochs=5))  # doctest: +SKIP
-    >>> r["test_mse"], r["identity_test_mse"]  # doctest: +SKIP
+    ```python
+    from scalegmn.tasks.editing import EditConfig, train_editing
+
+    r = train_editing("zoos/mnist5k-300", EditConfig(epochs=5, backend="jax"), out="runs/edit")
+    print(r["test_mse"], r["identity_test_mse"])
+    ```
 """
 
 from __future__ import annotations

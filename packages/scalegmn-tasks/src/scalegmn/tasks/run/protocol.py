@@ -212,5 +212,6 @@ def _stopped(what: str, state_path: Path | None, epoch: int) -> NonFiniteError:
     elif epoch == 0:
         where = "no epoch completed, so there is no state to resume"
     else:
-        where = f"the last good state (epoch {epoch - 1}) is {state_path}"
-    return NonFiniteError(f"{what}; the run stopped and {where}; lower lr or grad_clip and start a new run")
+        where = f"the last good state (epoch {epoch - 1}) is {state_path}, which --resume continues"
+    return NonFiniteError(f"{what}; the run stopped and {where}; to avoid it, lower lr or grad_clip "
+                          f"in a new run folder")
