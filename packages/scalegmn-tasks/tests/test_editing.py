@@ -295,3 +295,35 @@ def test_cli_edit_under_torchrun_matches_one_process(digits_zoo, tmp_path):
     np.testing.assert_allclose([h["loss"] for h in two["history"]], [h["loss"] for h in one["history"]],
                                rtol=1e-5)
     assert two["test_mse"] == pytest.approx(one["test_mse"], rel=1e-4)
+
+
+EDIT_TWO_DEVICES = """
+import json, sys
+import jax
+from scalegmn.tasks.editing import EditConfig, train_editing
+assert jax.device_count() == 2, jax.devices()
+r = train_editing(sys.argv[1], EditConfig.model_validate_json(sys.argv[2]), progress=False)
+print(json.dumps({"loss": [h["loss"] for h in r["history"]], "test": r["test_mse"]}))
+"""
+
+
+def test_jax_editing_on_two_devices_follows_one_device(digits_zoo):
+    """Editing with the JAX backend is data parallel over (forced host) devices: the
+    one-device losses to float32 rounding."""
+    pytest.importorskip("equinox")
+    import os
+    import subprocess
+    import sys
+
+    cfg = _small_config(epochs=2, backend="jax")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", EDIT_TWO_DEVICES, str(digits_zoo), cfg.model_dump_json()],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    one = train_editing(digits_zoo, cfg, progress=False)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    two = json.loads(stdout.strip().splitlines()[-1])
+    assert two["loss"][1] < two["loss"][0]
+    np.testing.assert_allclose(two["loss"], [h["loss"] for h in one["history"]], rtol=1e-5)
+    assert two["test"] == pytest.approx(one["test_mse"], rel=1e-5)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +37,6 @@ RESULT_FILE = "result.json"
 CURVES_FILE = "curves.png"
 LOCK_FILE = ".lock"
 
-T = TypeVar("T")
 
 
 @contextmanager
