@@ -72,8 +72,8 @@ def with_backend(cfg: RunConfig, backend: str) -> RunConfig:
 
     try:
         return RunConfig.model_validate({**cfg.model_dump(), "backend": backend})
-    except ValidationError as err:
-        raise TrainError(f"--backend {backend!r}: use torch or jax\n{err}") from None
+    except ValidationError:
+        raise TrainError(f"--backend {backend!r}: use torch or jax") from None
 
 
 def with_device(cfg: RunConfig, device: str) -> RunConfig:
@@ -127,7 +127,7 @@ def edit(
     from pydantic import ValidationError
 
     from .editing import EditConfig, EditingError, load_edit_config, train_editing
-    from .run.config import TrainError
+    from .run.config import TrainError, validation_line
     from .zoo.store import ZooError
 
     try:
@@ -142,7 +142,7 @@ def edit(
             update["gmn"] = cfg.gmn.model_copy(update=gmn).model_dump()
         cfg = EditConfig.model_validate({**cfg.model_dump(), **update})
     except ValidationError as err:
-        typer.echo(f"error: invalid editing config:\n{err}", err=True)
+        typer.echo(f"error: invalid editing config: {validation_line(err)}", err=True)
         raise typer.Exit(2) from None
     except TrainError as err:
         typer.echo(f"error: {err}", err=True)

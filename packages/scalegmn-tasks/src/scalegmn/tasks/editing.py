@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 from scalegmn.weightgraph import ScaleGMNConfig
 
 from .run.backends.base import ModelSetup
-from .run.config import LoopConfig, TrainError, read_config_file
+from .run.config import LoopConfig, TrainError, read_config_file, validation_line
 from .run.models import get_model_kind
 from .run.protocol import RunSpec, check_backend, run_protocol
 from .run.tasks import EditingTask
@@ -113,7 +113,7 @@ def load_edit_config(path: str | os.PathLike[str]) -> EditConfig:
     try:
         return EditConfig.model_validate(raw)
     except ValidationError as err:
-        raise TrainError(f"{path}: invalid editing config:\n{err}") from None
+        raise TrainError(f"{path}: invalid editing config: {validation_line(err)}") from None
 
 
 def train_editing(

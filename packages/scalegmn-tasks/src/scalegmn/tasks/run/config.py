@@ -116,6 +116,16 @@ class RunConfig(LoopConfig):
     input_scaling: Literal["layer", "none"] = "layer"
 
 
+def validation_line(err: Any) -> str:
+    """A pydantic `ValidationError` as one line: `key: problem (got value)` per error, `; `-joined."""
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e.get("loc", ())) or "config"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        parts.append(f"{key}: {e['msg']}{got}")
+    return "; ".join(parts)
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The mapping in a JSON or YAML config file, with one-line errors naming file and line.
 
@@ -166,4 +176,4 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise TrainError(f"{path}: invalid run config:\n{err}") from None
+        raise TrainError(f"{path}: invalid run config: {validation_line(err)}") from None
