@@ -268,3 +268,12 @@ def test_device_cpu_trains_on_the_cpu(tiny_zoo, tmp_path):
 
     model = load_checkpoint(tmp_path / "c" / "best")
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_a_state_without_checksum_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / STATE_FILE
+    save_file({"model.w": np.ones(2, np.float32)}, str(path), metadata={"state": "{}"})
+    with pytest.raises(TrainError, match="no checksum"):
+        folder_mod.load_state(path)

@@ -289,11 +289,15 @@ def load_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         with safe_open(str(path), "np") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        text, digest = metadata["state"], metadata["sha256"]
+        text = metadata["state"]
         info = json.loads(text)
     except Exception as err:  # a damaged header raises anything from the parser
         raise TrainError(f"{path}: the run state is corrupt or not a run state ({type(err).__name__}: "
                          f"{str(err)[:120]}); {fix}") from None
+    digest = metadata.get("sha256")
+    if digest is None:
+        raise TrainError(f"{path}: the run state carries no checksum (written by an older version), so it "
+                         f"cannot be verified; {fix}")
     if _digest(tensors, text) != digest:
         raise TrainError(f"{path}: the run state's checksum does not match its content (the file is "
                          f"damaged); {fix}")
