@@ -226,7 +226,7 @@ class JaxBackend(Backend):
                loop.warmup_steps, loop.grad_clip, task.cache_key())
         if key not in _STEPS:
             optimizer = make_optimizer(loop.lr, loop.weight_decay, loop.warmup_steps, clip_norm=loop.grad_clip)
-            step = (make_train_step(self._model.config, optimizer, task.jax_loss) if self.family.shardable
+            step = (make_train_step(setup.gmn, optimizer, task.jax_loss) if self.family.shardable
                     else _mlp_step(optimizer, task.jax_loss))
             _STEPS[key] = (optimizer, step)
         self.optimizer, self.step = _STEPS[key]
