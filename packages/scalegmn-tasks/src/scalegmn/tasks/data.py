@@ -185,8 +185,11 @@ def parse_data(value: Any) -> DataConfig:
 
     Example:
         ```python
-        parse_data({"kind": "dws", "root": "/data/mnist-inrs"}).val_size  # 5000
-        parse_data({"zoo": "zoos/mnist"}).path  # PosixPath('zoos/mnist')
+        from pathlib import Path
+        from scalegmn.tasks.data import parse_data
+
+        assert parse_data({"kind": "dws", "root": "/data/mnist-inrs"}).val_size == 5000
+        assert parse_data({"zoo": "zoos/mnist"}).path == Path("zoos/mnist")
         ```
     """
     if isinstance(value, _Data):
@@ -242,8 +245,10 @@ def zoo_shorthand(values: Any) -> Any:
 
     Example:
         ```python
-        zoo_shorthand({"zoo": "zoos/mnist", "epochs": 3})
-        # {'epochs': 3, 'data': {'kind': 'zoo', 'path': 'zoos/mnist'}}
+        from scalegmn.tasks.data import zoo_shorthand
+
+        out = zoo_shorthand({"zoo": "zoos/mnist", "epochs": 3})
+        assert out == {"epochs": 3, "data": {"kind": "zoo", "path": "zoos/mnist"}}
         ```
     """
     if not isinstance(values, Mapping) or "zoo" not in values:
@@ -436,7 +441,11 @@ def detect_data(
 
     Example:
         ```python
-        detect_data("/data/mnist-inrs")  # DwsData(root=..., val_size=5000, ...)
+        from scalegmn.tasks.data import detect_data
+        from scalegmn.tasks.datasets.testing import write_dws_mnist
+
+        write_dws_mnist("mnist-inrs", n_train=2, n_test=1)  # a tiny folder in the DWS MNIST layout
+        assert detect_data("mnist-inrs").kind == "dws"
         ```
     """
     p = Path(path)

@@ -281,7 +281,10 @@ def get_preset(name: str, overrides: Sequence[str] = ()) -> RunConfig | EditConf
 
     Example:
         ```python
-        get_preset("genpred-cifar10gs-relu-scalegmn", ["epochs=1"]).gmn.d_edge_in  # 9
+        from scalegmn.tasks.presets import get_preset
+
+        cfg = get_preset("genpred-cifar10gs-relu-scalegmn", ["epochs=1"])
+        assert cfg.epochs == 1 and cfg.gmn.d_edge_in == 9  # 3x3 kernels
         ```
     """
     schema = preset_schema(name)
@@ -348,8 +351,10 @@ def apply_overrides(
 
     Example:
         ```python
-        apply_overrides({"epochs": 200, "gmn": {"d_hidden": 128}}, ["epochs=1", "gmn.bidirectional=true"])
-        # {'epochs': 1, 'gmn': {'d_hidden': 128, 'bidirectional': True}}
+        from scalegmn.tasks.presets import apply_overrides
+
+        out = apply_overrides({"epochs": 200, "gmn": {"d_hidden": 128}}, ["epochs=1", "gmn.bidirectional=true"])
+        assert out == {"epochs": 1, "gmn": {"d_hidden": 128, "bidirectional": True}}
         ```
     """
     if schema is None:
@@ -423,7 +428,9 @@ def format_paper_value(paper: PaperResult) -> str:
 
     Example:
         ```python
-        format_paper_value(PaperResult(metric="test_accuracy", value=0.9657, table="..."))  # '96.57%'
+        from scalegmn.tasks.presets import PaperResult, format_paper_value
+
+        assert format_paper_value(PaperResult(metric="test_accuracy", value=0.9657, table="...")) == "96.57%"
         ```
     """
     if paper.value is None:
