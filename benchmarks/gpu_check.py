@@ -1,6 +1,7 @@
 """GPU check: the library on a CUDA device, end to end, in one command (under 5 minutes).
 
-Usage: `python benchmarks/gpu_check.py [--smoke] [--json FILE] [--device DEV] [--inject-failure]`
+Usage: `python benchmarks/gpu_check.py [--smoke] [--json FILE] [--device DEV] [--only SECTIONS]
+[--inject-failure]`
 (or `nox -s gpu_check -- ...`). It prints a table, writes JSON and exits nonzero on any failure:
 
 1. equivariance on the device: torch ScaleGMN and ScaleGMN-B, invariant and equivariant
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+SECTIONS = ("equivariance", "parity", "benchmark", "training")
 TRAIN_PRESET = "inr-mnist-scalegmn"
 NEGATIVE_MIN = 1e-4
 """A negative control passes when its error is above this (a broken symmetry moves outputs by O(1))."""
@@ -404,7 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=Path("bench-results/gpu_check.json"), help="where to write the JSON")
     p.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
     p.add_argument("--inject-failure", action="store_true", help="make the first equivariance check fail")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
     a = p.parse_args(argv)
+    only = [x for x in a.only.split(",") if x]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        p.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     # JAX would take most of the GPU's memory at start, leaving torch none.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import torch
@@ -424,10 +431,15 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        report.run("equivariance", lambda: equivariance(report, plan, a.inject_failure))
-        report.run("parity", lambda: parity(report, plan, Path(tmp)))
-        report.run("benchmark", lambda: benchmark(report, plan))
-        report.run("training", lambda: training(report, plan, Path(tmp)))
+        sections: dict[str, Callable[[], Any]] = {
+            "equivariance": lambda: equivariance(report, plan, a.inject_failure),
+            "parity": lambda: parity(report, plan, Path(tmp)),
+            "benchmark": lambda: benchmark(report, plan),
+            "training": lambda: training(report, plan, Path(tmp)),
+        }
+        for name in SECTIONS:
+            if name in only:
+                report.run(name, sections[name])
     seconds = time.perf_counter() - t0
     n_bad = sum(not c["ok"] for c in report.checks)
     title = (f"scalegmn GPU check ({'smoke, ' if smoke else ''}{device}): {len(report.checks) - n_bad} of "
@@ -438,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"mode": "smoke" if smoke else "gpu", "device": device, "torch": torch.__version__,
            "cuda_device": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
            "ok": report.ok, "seconds": seconds, "loadavg": list(os.getloadavg()),
-           "injected_failure": a.inject_failure, "checks": report.checks, "sections": report.sections}
+           "injected_failure": a.inject_failure, "sections_run": only, "checks": report.checks, "sections": report.sections}
     atomic_write(a.json, json.dumps(doc, indent=2, default=str))
     print(f"wrote {a.json}; {'all checks passed' if report.ok else f'{n_bad} check(s) FAILED'}", flush=True)
     return 0 if report.ok else 1
