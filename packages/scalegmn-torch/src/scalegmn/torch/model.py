@@ -252,7 +252,7 @@ class ScaleGMN(nn.Module):
                 grp.append(Grp.const(effective_const(cfg.symmetry, code, roles[k])))
             else:
                 codes = b.node_group[:, b.node_offsets[k]][:, None, None]
-                codes = effective_codes(cfg.symmetry, codes, torch.tensor(roles[k]))
+                codes = effective_codes(cfg.symmetry, codes, codes.new_full((), roles[k]))  # on the batch's device
                 grp.append(Grp.from_codes(codes, b.node_features.dtype))
         wn = self.node_proj.weight
         h = []
