@@ -160,6 +160,10 @@ DataConfig = Annotated[ZooData | DwsData | NfnCifarData | SmallCnnZooData, Field
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(DataConfig)
 
+DATA_CLASSES: dict[str, type[BaseModel]] = {"zoo": ZooData, "dws": DwsData, "nfn_cifar": NfnCifarData,
+                                            "small_cnn_zoo": SmallCnnZooData}
+"""The config class of each data kind."""
+
 
 def _one_line(err: ValidationError, what: str) -> str:
     parts = []
