@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -107,6 +107,9 @@ class EditConfig(LoopConfig):
         return v
 
     _zoo_shorthand = model_validator(mode="before")(zoo_shorthand)
+
+    if TYPE_CHECKING:  # for type checkers: `zoo=PATH` is accepted in place of `data`
+        def __init__(self, *, zoo: str | os.PathLike[str] | None = None, **values: Any) -> None: ...
 
     @field_validator("data")
     @classmethod

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -126,6 +126,9 @@ class RunConfig(LoopConfig):
     input_scaling: Literal["layer", "none"] = "layer"
 
     _zoo_shorthand = model_validator(mode="before")(zoo_shorthand)
+
+    if TYPE_CHECKING:  # for type checkers: `zoo=PATH` is accepted in place of `data`
+        def __init__(self, *, zoo: str | os.PathLike[str] | None = None, **values: Any) -> None: ...
 
     @property
     def zoo(self) -> str:
