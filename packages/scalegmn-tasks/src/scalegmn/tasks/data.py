@@ -189,6 +189,8 @@ def parse_data(value: Any) -> DataConfig:
 
     Example:
         ```python
+        from scalegmn.tasks.data import parse_data
+
         parse_data({"kind": "dws", "root": "/data/mnist-inrs"}).val_size  # 5000
         parse_data({"zoo": "zoos/mnist"}).path  # PosixPath('zoos/mnist')
         ```
@@ -246,6 +248,8 @@ def zoo_shorthand(values: Any) -> Any:
 
     Example:
         ```python
+        from scalegmn.tasks.data import zoo_shorthand
+
         zoo_shorthand({"zoo": "zoos/mnist", "epochs": 3})
         # {'epochs': 3, 'data': {'kind': 'zoo', 'path': 'zoos/mnist'}}
         ```
@@ -440,7 +444,11 @@ def detect_data(
 
     Example:
         ```python
-        detect_data("/data/mnist-inrs")  # DwsData(root=..., val_size=5000, ...)
+        from scalegmn.tasks.data import detect_data
+        from scalegmn.tasks.datasets import testing
+
+        testing.write_dws_mnist("mnist-inrs")  # a few INRs in the published folder layout
+        assert detect_data("mnist-inrs").kind == "dws"  # DwsData(root=..., val_size=5000, ...)
         ```
     """
     p = Path(path)

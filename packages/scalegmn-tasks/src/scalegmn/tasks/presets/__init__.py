@@ -6,7 +6,8 @@ classification and generalisation prediction, `EditConfig` for INR editing), and
 that is not run config:
 
 - `description`: one line of what it runs;
-- `data`: the data kind it needs and that loader's options (the root comes from `--data`);
+- `data`: the data kind it needs and that loader's options (the folder comes from `--data`;
+  `get_preset(name, data=PATH)` puts the data source into the run config);
 - `paper`: `{metric, value, table}`, the number the paper reports;
 - `original`: `{repo, config, parameters, ...}`, the configuration file it follows and the
   parameter count of the original model;
@@ -18,8 +19,15 @@ that is not run config:
 from scalegmn.tasks.presets import get_preset, list_presets, preset_info
 
 list_presets()[:2]                      # ['inr-mnist-scalegmn', 'inr-mnist-scalegmn-b']
-cfg = get_preset("inr-mnist-scalegmn", overrides=["epochs=1", "gmn.dropout=0.1"])
+cfg = get_preset("inr-mnist-scalegmn", overrides=["epochs=1", "gmn.dropout=0.1"], data="/data/mnist-inrs")
 cfg.gmn.d_hidden                        # 128
+cfg.data.kind                           # 'dws'
+```
+
+On the command line: `scalegmn train --preset NAME --data PATH --set KEY=VALUE ...` (see
+`scalegmn.tasks.resolve` for the precedence of preset, config file, `--data` and `--set`).
+
+```python
 preset_info("inr-mnist-scalegmn").paper.value  # 0.9657
 ```
 """
@@ -290,6 +298,8 @@ def get_preset(
 
     Example:
         ```python
+        from scalegmn.tasks.presets import get_preset
+
         get_preset("genpred-cifar10gs-relu-scalegmn", ["epochs=1"]).gmn.d_edge_in  # 9
         ```
     """
@@ -380,6 +390,8 @@ def apply_overrides(
 
     Example:
         ```python
+        from scalegmn.tasks.presets import apply_overrides
+
         apply_overrides({"epochs": 200, "gmn": {"d_hidden": 128}}, ["epochs=1", "gmn.bidirectional=true"])
         # {'epochs': 1, 'gmn': {'d_hidden': 128, 'bidirectional': True}}
         ```
@@ -465,6 +477,8 @@ def format_paper_value(paper: PaperResult) -> str:
 
     Example:
         ```python
+        from scalegmn.tasks.presets import PaperResult, format_paper_value
+
         format_paper_value(PaperResult(metric="test_accuracy", value=0.9657, table="..."))  # '96.57%'
         ```
     """
