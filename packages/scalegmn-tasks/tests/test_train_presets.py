@@ -168,3 +168,20 @@ def test_bad_input_is_one_line(args: list[str], expected: list[str], published: 
     for part in expected:
         assert part in line, line
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_folder_of_the_zoo_form_resumes(tiny_zoo: Path, tmp_path: Path) -> None:
+    from scalegmn.tasks.train import RunConfig, TrainError, train_run
+
+    cfg = RunConfig(zoo=str(tiny_zoo), epochs=1, batch_size=8, warmup_steps=1, threads=1, max_train=8,
+                    gmn={"d_hidden": 8, "n_layers": 1, "d_out": 10})
+    train_run(cfg, out=tmp_path / "r", progress=False)
+    run_file = tmp_path / "r" / "run.json"
+    stored = json.loads(run_file.read_text())
+    assert stored["data"] == {"kind": "zoo", "path": str(tiny_zoo), "verify": "access"}
+    old = {k: v for k, v in stored.items() if k != "data"}
+    run_file.write_text(json.dumps({**old, "zoo": str(tiny_zoo)}))  # run.json as runs wrote it before data:
+    assert train_run(cfg, out=tmp_path / "r", resume=True, progress=False)["best_epoch"] == 0
+    run_file.write_text(json.dumps({**old, "zoo": str(tmp_path / "other")}))
+    with pytest.raises(TrainError, match=r"differs .*\['data'\]"):
+        train_run(cfg, out=tmp_path / "r", resume=True, progress=False)
