@@ -72,6 +72,8 @@ def test_a_preset_trains_on_data_in_its_published_layout(
     limit = int(next(s for s in sets if s.startswith("max_train=")).split("=")[1])
     assert 1 <= result["n_train"] <= limit
     assert (tmp_path / "run" / "result.json").is_file()
+    again = _ok(CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--split", "test"]))
+    assert again[metric] == pytest.approx(result["test"], abs=1e-6)  # the best model, read back, on the same data
 
 
 def test_the_preset_keeps_its_loader_options_and_the_paper_settings(published: dict[str, Path]) -> None:

@@ -122,15 +122,13 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder written by `scalegmn train --out`.")],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
 ) -> None:
-    """Evaluate the best model of a run on one split of its zoo."""
-    from .train import TrainError, evaluate_run
-    from .zoo.store import ZooError
+    """Evaluate the best model of a run on one split of its data (a zoo or a published data set)."""
+    from .train import evaluate_run
 
     try:
         value, metric = evaluate_run(run, split)
-    except (TrainError, ZooError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    except _errors() as err:
+        raise _fail(err) from None
     typer.echo(json.dumps({"run": str(run), "split": split, metric: value}))
 
 
