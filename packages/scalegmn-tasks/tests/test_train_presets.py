@@ -97,6 +97,12 @@ def test_precedence_preset_then_file_then_data_then_set(published: dict[str, Pat
     over = resolve_config("train", cfg_file, preset="inr-mnist-scalegmn", data=published["mnist"],
                           sets=["data.val_size=2"])
     assert over.data.val_size == 2  # type: ignore[union-attr]
+    own = resolve_config("train", preset="inr-mnist-scalegmn", sets=["zoo=zoos/mine", "epochs=2"])
+    assert own.data.kind == "zoo" and own.epochs == 2 and own.gmn.n_layers == 4  # a preset on a zoo built here
+    zoo_file = tmp_path / "zoo.yaml"
+    zoo_file.write_text(yaml.safe_dump({"zoo": "zoos/mine", "epochs": 3}))
+    other = resolve_config("train", zoo_file, preset="inr-mnist-scalegmn", data=published["mnist"])
+    assert other.data.kind == "dws" and other.data.val_size == 5000  # type: ignore[union-attr]
 
 
 def test_data_without_a_kind_is_recognised(published: dict[str, Path], tmp_path: Path) -> None:

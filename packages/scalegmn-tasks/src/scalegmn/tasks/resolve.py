@@ -118,18 +118,20 @@ def resolve_config(
     if data is not None:
         kind, options = _options(raw.get("data"))
         if preset is not None:
-            raw["data"] = _data_for_preset(preset, Path(data), options)
+            # the config file's options of the preset's kind refine the preset's; another kind's do not apply
+            same = kind == preset_info(preset).data_kind
+            raw["data"] = _data_for_preset(preset, Path(data), options if same else {})
         else:
             raw["data"] = detect_data(data, kind, **options).model_dump(mode="json")
-    elif preset is not None and raw.get("data") is None:
-        info = preset_info(preset)
-        raise TrainError(f"preset {preset} needs its data: --data PATH (a folder of {info.data_kind} data; "
-                         f"{info.description})")
     if sets and "gmn" not in raw:
         # `--set gmn.x=...` starts from the command's default model (editing's has the equivariant head)
         raw["gmn"] = schema().gmn.model_dump(mode="json") if command == "edit" else RunConfig.model_fields[
             "gmn"].get_default(call_default_factory=True).model_dump(mode="json")
     raw = apply_overrides(raw, sets, schema) if sets else raw
+    if preset is not None and raw.get("data") is None:  # `--set zoo=PATH` may have given it
+        info = preset_info(preset)
+        raise TrainError(f"preset {preset} needs its data: --data PATH (a folder of {info.data_kind} data; "
+                         f"{info.description})")
     for flag, key, value, choices in (("--device", "device", device, "auto, cpu, cuda or cuda:N"),
                                       ("--backend", "backend", backend, "torch or jax")):
         if value is None:
