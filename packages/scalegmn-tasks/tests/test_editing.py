@@ -241,7 +241,7 @@ def test_cli_edit_with_the_jax_backend_resumes(digits_zoo, tmp_path):
     res = CliRunner().invoke(app, [*args, "--epochs", "1"])
     assert res.exit_code == 2 and "--resume" in res.output  # the folder holds a run
     run = json.loads((tmp_path / "j" / "run.json").read_text())
-    assert run["backend"] == "jax" and run["zoo"] == str(digits_zoo)
+    assert run["backend"] == "jax" and run["data"]["kind"] == "zoo" and run["data"]["path"] == str(digits_zoo)
 
 
 def test_a_killed_editing_run_resumes_exactly(digits_zoo, tmp_path, monkeypatch):

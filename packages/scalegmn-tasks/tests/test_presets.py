@@ -61,8 +61,8 @@ def test_every_preset_validates_as_its_run_config(name: str) -> None:
     assert info.original.parameters > 0 and info.description and info.notes
     assert all(p.reason for p in info.proposed.values())
     assert cfg.gmn.d_node_in == 1 and cfg.gmn.d_edge_in == EDGE_WIDTH[info.data_kind]
+    assert cfg.data is not None and cfg.data.kind == info.data_kind and str(cfg.data.root) == DATA_PLACEHOLDER
     if isinstance(cfg, RunConfig):
-        assert cfg.zoo == DATA_PLACEHOLDER
         assert cfg.task == info.task == target_kind(parse_data({**info.data, "root": "."}))
         assert cfg.gmn.bidirectional == name.endswith("-b")
     else:

@@ -160,6 +160,10 @@ DataConfig = Annotated[ZooData | DwsData | NfnCifarData | SmallCnnZooData, Field
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(DataConfig)
 
+DATA_CLASSES: dict[str, type[BaseModel]] = {"zoo": ZooData, "dws": DwsData, "nfn_cifar": NfnCifarData,
+                                            "small_cnn_zoo": SmallCnnZooData}
+"""The config class of each data kind."""
+
 
 def _one_line(err: ValidationError, what: str) -> str:
     parts = []
@@ -185,11 +189,10 @@ def parse_data(value: Any) -> DataConfig:
 
     Example:
         ```python
-        from pathlib import Path
         from scalegmn.tasks.data import parse_data
 
-        assert parse_data({"kind": "dws", "root": "/data/mnist-inrs"}).val_size == 5000
-        assert parse_data({"zoo": "zoos/mnist"}).path == Path("zoos/mnist")
+        parse_data({"kind": "dws", "root": "/data/mnist-inrs"}).val_size  # 5000
+        parse_data({"zoo": "zoos/mnist"}).path  # PosixPath('zoos/mnist')
         ```
     """
     if isinstance(value, _Data):
@@ -247,8 +250,8 @@ def zoo_shorthand(values: Any) -> Any:
         ```python
         from scalegmn.tasks.data import zoo_shorthand
 
-        out = zoo_shorthand({"zoo": "zoos/mnist", "epochs": 3})
-        assert out == {"epochs": 3, "data": {"kind": "zoo", "path": "zoos/mnist"}}
+        zoo_shorthand({"zoo": "zoos/mnist", "epochs": 3})
+        # {'epochs': 3, 'data': {'kind': 'zoo', 'path': 'zoos/mnist'}}
         ```
     """
     if not isinstance(values, Mapping) or "zoo" not in values:
@@ -442,10 +445,10 @@ def detect_data(
     Example:
         ```python
         from scalegmn.tasks.data import detect_data
-        from scalegmn.tasks.datasets.testing import write_dws_mnist
+        from scalegmn.tasks.datasets import testing
 
-        write_dws_mnist("mnist-inrs", n_train=2, n_test=1)  # a tiny folder in the DWS MNIST layout
-        assert detect_data("mnist-inrs").kind == "dws"
+        testing.write_dws_mnist("mnist-inrs")  # a few INRs in the published folder layout
+        assert detect_data("mnist-inrs").kind == "dws"  # DwsData(root=..., val_size=5000, ...)
         ```
     """
     p = Path(path)

@@ -30,12 +30,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from scalegmn.weightgraph import ScaleGMNConfig
 
+from .data import DataField, DwsData, ZooData, zoo_shorthand
 from .run.backends.base import ModelSetup
 from .run.config import LoopConfig, TrainError, read_config_file, validation_line
 from .run.models import get_model_kind
@@ -75,6 +76,10 @@ class EditConfig(LoopConfig):
     """One INR-editing run (unknown keys and impossible values are refused before any work).
 
     Attributes:
+        data: the SIRENs: an INR zoo (`{kind: zoo, path: ...}`, shorthand `zoo: PATH`) or
+            the DWS MNIST INRs (`{kind: dws, root: ..., images: MNIST_IDX_FOLDER}`; `images`
+            gives the source images, the targets of `target="source"`). None: the zoo is
+            the argument of `train_editing`.
         gmn: the model; `head` must be `"equivariant"` (the default here).
         max_eval: use only the first `max_eval` val and test INRs.
         target: `"source"` (the dilated source image; error if it cannot be loaded),
@@ -86,6 +91,7 @@ class EditConfig(LoopConfig):
     `LoopConfig`.
     """
 
+    data: DataField | None = None
     gmn: ScaleGMNConfig = Field(
         default_factory=lambda: ScaleGMNConfig(d_hidden=32, n_layers=2, head="equivariant")
     )
@@ -98,6 +104,18 @@ class EditConfig(LoopConfig):
     def _equivariant(cls, v: ScaleGMNConfig) -> ScaleGMNConfig:
         if v.head != "equivariant":
             raise ValueError('INR editing needs gmn.head = "equivariant" (the model returns an edited graph)')
+        return v
+
+    _zoo_shorthand = model_validator(mode="before")(zoo_shorthand)
+
+    if TYPE_CHECKING:  # for type checkers: `zoo=PATH` is accepted in place of `data`
+        def __init__(self, *, zoo: str | os.PathLike[str] | None = None, **values: Any) -> None: ...
+
+    @field_validator("data")
+    @classmethod
+    def _sirens(cls, v: object) -> object:
+        if v is not None and not isinstance(v, (ZooData, DwsData)):
+            raise ValueError(f"INR editing needs SIRENs: data of kind zoo or dws, not {v.kind}")  # type: ignore[attr-defined]
         return v
 
 
@@ -117,7 +135,7 @@ def load_edit_config(path: str | os.PathLike[str]) -> EditConfig:
 
 
 def train_editing(
-    zoo: str | os.PathLike[str],
+    zoo: str | os.PathLike[str] | None = None,
     config: EditConfig | None = None,
     progress: bool = True,
     *,
@@ -133,7 +151,8 @@ def train_editing(
     only if it is below that.
 
     Args:
-        zoo: an INR zoo folder (`scalegmn zoo build inr ...`) of grayscale SIRENs.
+        zoo: an INR zoo folder (`scalegmn zoo build inr ...`) of grayscale SIRENs; None:
+            `config.data` (a zoo or the DWS MNIST INRs).
         config: the run (default `EditConfig()`); `config.backend` picks torch or JAX.
         progress: show a progress bar.
         out: the run folder: `run.json`, `metrics.jsonl` (one line per epoch), the resumable
@@ -149,15 +168,22 @@ def train_editing(
         ScaleGMN of the backend with the parameters of the best validation epoch).
 
     Raises:
-        EditingError: if the zoo is not a zoo of grayscale SIRENs, or `target="source"` and
-            the source images cannot be found.
-        TrainError: the folder, the resume or the backend do not fit; a non-finite loss.
+        EditingError: if the data is not grayscale SIRENs, or `target="source"` and the
+            source images cannot be found.
+        TrainError: no data, or both a zoo and `config.data`; the folder, the resume or the
+            backend do not fit; a non-finite loss.
     """
     cfg = config or EditConfig()
+    if zoo is not None and cfg.data is not None:
+        raise TrainError(f"give the SIRENs once: the zoo {zoo} or the config's data ({cfg.data.kind}), not both")
+    if zoo is not None:
+        cfg = cfg.model_copy(update={"data": ZooData(path=Path(zoo))})
+    if cfg.data is None:
+        raise TrainError("no SIRENs to edit: give a zoo folder or data: in the config (e.g. --data PATH)")
     check_backend(cfg.backend, cfg.device)
-    task = EditingTask(str(zoo), cfg.target, cfg.max_train, cfg.max_eval, cfg.n_examples, cfg.gmn)
+    task = EditingTask(cfg.data, cfg.target, cfg.max_train, cfg.max_eval, cfg.n_examples, cfg.gmn)
     kind = get_model_kind("scalegmn")
-    spec = RunSpec(config={"zoo": str(zoo), **json.loads(cfg.model_dump_json())},
+    spec = RunSpec(config=json.loads(cfg.model_dump_json()),
                    model=ModelSetup(kind=kind, gmn=cfg.gmn, mlp_hidden=1, loop=cfg),
                    backend=cfg.backend, tag="editing")
     return run_protocol(spec, task, out=Path(out) if out is not None else None, resume=resume,

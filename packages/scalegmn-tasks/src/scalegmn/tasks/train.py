@@ -112,7 +112,7 @@ def train_run(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train on the zoo's train split, select on val, report test at the best val epoch.
+    """Train on the train split of the run's data, select on val, report test at the best val epoch.
 
     Args:
         cfg: the run.
@@ -142,7 +142,7 @@ def train_run(
 
 
 def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
-    """The metric of a run's best model (`run/best`) on one split of its zoo (with the run's backend).
+    """The metric of a run's best model (`run/best`) on one split of its data (with the run's backend).
 
     Returns:
         `(value, metric name)`: accuracy or Kendall's tau.

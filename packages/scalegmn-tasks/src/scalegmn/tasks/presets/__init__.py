@@ -6,7 +6,8 @@ classification and generalisation prediction, `EditConfig` for INR editing), and
 that is not run config:
 
 - `description`: one line of what it runs;
-- `data`: the data kind it needs and that loader's options (the root comes from `--data`);
+- `data`: the data kind it needs and that loader's options (the folder comes from `--data`;
+  `get_preset(name, data=PATH)` puts the data source into the run config);
 - `paper`: `{metric, value, table}`, the number the paper reports;
 - `original`: `{repo, config, parameters, ...}`, the configuration file it follows and the
   parameter count of the original model;
@@ -18,8 +19,15 @@ that is not run config:
 from scalegmn.tasks.presets import get_preset, list_presets, preset_info
 
 list_presets()[:2]                      # ['inr-mnist-scalegmn', 'inr-mnist-scalegmn-b']
-cfg = get_preset("inr-mnist-scalegmn", overrides=["epochs=1", "gmn.dropout=0.1"])
+cfg = get_preset("inr-mnist-scalegmn", overrides=["epochs=1", "gmn.dropout=0.1"], data="/data/mnist-inrs")
 cfg.gmn.d_hidden                        # 128
+cfg.data.kind                           # 'dws'
+```
+
+On the command line: `scalegmn train --preset NAME --data PATH --set KEY=VALUE ...` (see
+`scalegmn.tasks.resolve` for the precedence of preset, config file, `--data` and `--set`).
+
+```python
 preset_info("inr-mnist-scalegmn").paper.value  # 0.9657
 ```
 """
@@ -55,7 +63,10 @@ META_KEYS = ("description", "data", "paper", "original", "proposed", "notes")
 """The top-level keys of a preset file that are metadata, not run config."""
 
 DATA_PLACEHOLDER = "<set by --data PATH>"
-"""The `zoo` of a run preset's `RunConfig` until a data path is given (`--set zoo=PATH` for a zoo)."""
+"""The data folder (`data.root`) of a preset's config until a data path is given (`get_preset(name, data=PATH)`)."""
+
+SET_SHORTHANDS = {"zoo": "data: {kind: zoo, path: VALUE}", "images": "data.images (DWS MNIST INRs)"}
+"""Keys `apply_overrides` takes beside the config's own: `zoo=PATH` and `images=FOLDER`."""
 
 EDGE_WIDTH = {"dws": 1, "nfn_cifar": 1, "small_cnn_zoo": 9}
 """The edge feature width of each published data kind's graphs (INR MLPs: 1; 3x3 kernels: 9)."""
@@ -263,33 +274,53 @@ def preset_info(name: str) -> PresetInfo:
         raise PresetError(f"preset {name}: {_one_line(err)}") from None
 
 
-def get_preset(name: str, overrides: Sequence[str] = ()) -> RunConfig | EditConfig:
-    """A preset's run config, validated, with optional `KEY=VALUE` overrides.
+def get_preset(
+    name: str, overrides: Sequence[str] = (), data: str | os.PathLike[str] | None = None,
+) -> RunConfig | EditConfig:
+    """A preset's run config, validated, with its data folder and optional `KEY=VALUE` overrides.
 
-    A `RunConfig`'s `zoo` is `DATA_PLACEHOLDER` unless an override sets it; the data folder
-    of the published data set is given at run time (`PresetInfo.data_source`).
+    The data source is the preset's kind and loader options (`PresetInfo.data_source`) at
+    `data`; without `data` its folder is `DATA_PLACEHOLDER` (enough to read the model and
+    the loop settings; a run needs the folder).
 
     Args:
         name: a preset name (`list_presets()`).
-        overrides: e.g. `["epochs=1", "gmn.dropout=0"]` (see `apply_overrides`).
+        overrides: e.g. `["epochs=1", "gmn.dropout=0", "data.val_size=100"]` (see
+            `apply_overrides`), applied after the data folder.
+        data: the folder of the published data set the preset needs.
 
     Returns:
         `RunConfig` or `EditConfig`; its `gmn` is the model's `ScaleGMNConfig`.
 
     Raises:
         PresetError: for an unknown name (with the close matches) or a bad override.
+        DataSourceError: `data` holds data of another kind than the preset's.
 
     Example:
         ```python
         from scalegmn.tasks.presets import get_preset
 
-        cfg = get_preset("genpred-cifar10gs-relu-scalegmn", ["epochs=1"])
-        assert cfg.epochs == 1 and cfg.gmn.d_edge_in == 9  # 3x3 kernels
+        get_preset("genpred-cifar10gs-relu-scalegmn", ["epochs=1"]).gmn.d_edge_in  # 9
         ```
     """
     schema = preset_schema(name)
-    config = apply_overrides(load_preset_dict(name), overrides, schema)
-    return _validate(schema, config, f"preset {name}")
+    config = load_preset_dict(name)
+    config["data"] = preset_data(name, data)
+    config = apply_overrides(config, overrides, schema)
+    return _validate(schema, config, f"preset {name}")  # type: ignore[no-any-return]
+
+
+def preset_data(name: str, data: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A preset's data source as a config mapping: its kind and options, at `data` (or `DATA_PLACEHOLDER`).
+
+    Raises:
+        PresetError: for an unknown name.
+        DataSourceError: `data` holds data of another kind than the preset's.
+    """
+    info = preset_info(name)
+    if data is None:
+        return {**info.data, "root": DATA_PLACEHOLDER}
+    return info.data_source(data).model_dump(mode="json")
 
 
 def _one_line(err: ValidationError) -> str:
@@ -303,17 +334,22 @@ def _one_line(err: ValidationError) -> str:
 
 def _validate(schema: type[BaseModel], config: Mapping[str, Any], what: str) -> Any:
     values = dict(config)
-    if "zoo" in schema.model_fields and "zoo" not in values:
-        values["zoo"] = DATA_PLACEHOLDER
+    if "data" in schema.model_fields and values.get("data") is None and "zoo" not in values:
+        values["data"] = {"kind": "zoo", "path": DATA_PLACEHOLDER}
     try:
         return schema.model_validate(values)
     except ValidationError as err:
         raise PresetError(f"{what}: {_one_line(err)}") from None
 
 
-def _nested_schema(schema: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
+def _nested_schema(schema: type[BaseModel] | None, key: str, node: Any = None) -> type[BaseModel] | None:
     if schema is None:
         return None
+    if key == "data" and "data" in schema.model_fields:
+        # a union on kind: the class of the kind the config holds
+        from scalegmn.tasks.data import DATA_CLASSES
+
+        return DATA_CLASSES.get(node.get("kind", "zoo")) if isinstance(node, Mapping) else None
     ann = schema.model_fields[key].annotation
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
@@ -331,9 +367,12 @@ def apply_overrides(
 ) -> dict[str, Any]:
     """A config mapping with `KEY=VALUE` overrides applied, then validated.
 
-    Keys are dotted (`gmn.dropout`); values are parsed as YAML (`1`, `0.5`, `false`, `null`,
-    `relu`). A key must be a field of the config class at its level (`schema` and its nested
-    models); without a class it must be in `config` already.
+    Keys are dotted (`gmn.dropout`, `data.val_size`); values are parsed as YAML (`1`, `0.5`,
+    `false`, `null`, `relu`). A key must be a field of the config class at its level
+    (`schema` and its nested models; under `data` the fields of its kind); without a class
+    it must be in `config` already. Two shorthands (`SET_SHORTHANDS`): `zoo=PATH` sets
+    `data` to that zoo, `images=FOLDER` sets `data.images` (the MNIST idx files of INR
+    editing on DWS MNIST INRs).
 
     Args:
         config: a run config mapping (e.g. `load_preset_dict(name)`); not modified.
@@ -342,8 +381,8 @@ def apply_overrides(
             if `config` has a key only it takes, else `RunConfig`).
 
     Returns:
-        A new mapping with the overrides set; it validates as `schema` (a missing `zoo` is
-        taken as `DATA_PLACEHOLDER`).
+        A new mapping with the overrides set; it validates as `schema` (a missing `data` is
+        taken as a zoo at `DATA_PLACEHOLDER`).
 
     Raises:
         PresetError: one line naming the override and the unknown key with the valid keys at
@@ -353,8 +392,8 @@ def apply_overrides(
         ```python
         from scalegmn.tasks.presets import apply_overrides
 
-        out = apply_overrides({"epochs": 200, "gmn": {"d_hidden": 128}}, ["epochs=1", "gmn.bidirectional=true"])
-        assert out == {"epochs": 1, "gmn": {"d_hidden": 128, "bidirectional": True}}
+        apply_overrides({"epochs": 200, "gmn": {"d_hidden": 128}}, ["epochs=1", "gmn.bidirectional=true"])
+        # {'epochs': 1, 'gmn': {'d_hidden': 128, 'bidirectional': True}}
         ```
     """
     if schema is None:
@@ -371,6 +410,16 @@ def apply_overrides(
             raise PresetError(f"--set {item}: the value {raw!r} is not YAML; quote a string as '...'") from None
         if isinstance(value, str) and _EXPONENT.fullmatch(value):
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        if key == "zoo" and "data" in schema.model_fields:
+            out.pop("zoo", None)
+            out["data"] = {"kind": "zoo", "path": value}
+            continue
+        if key == "images" and "data" in schema.model_fields:
+            data = out.get("data")
+            if not isinstance(data, dict) or data.get("kind") != "dws":
+                raise PresetError(f"--set {item}: images applies to DWS MNIST INRs (data of kind dws), the config's "
+                                  f"data is {data.get('kind', 'a path') if isinstance(data, dict) else 'not set'}")
+            key = "data.images"
         _set(out, key, value, schema, item)
     _validate(schema, out, f"--set {' '.join(overrides)}" if overrides else "config")
     return out
@@ -391,8 +440,8 @@ def _set(config: dict[str, Any], key: str, value: Any, schema: type[BaseModel] |
         if i == len(parts) - 1:
             node[part] = value
             return
-        sub = _nested_schema(level, part)
         child = node.get(part)
+        sub = _nested_schema(level, part, child)
         if child is None and sub is not None:
             child = node[part] = {}
         if not isinstance(child, dict):
@@ -430,7 +479,7 @@ def format_paper_value(paper: PaperResult) -> str:
         ```python
         from scalegmn.tasks.presets import PaperResult, format_paper_value
 
-        assert format_paper_value(PaperResult(metric="test_accuracy", value=0.9657, table="...")) == "96.57%"
+        format_paper_value(PaperResult(metric="test_accuracy", value=0.9657, table="..."))  # '96.57%'
         ```
     """
     if paper.value is None:
@@ -458,8 +507,8 @@ def preset_summary(name: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "DATA_PLACEHOLDER", "EDGE_WIDTH", "META_KEYS", "PRESET_DATA_KINDS", "PRESET_NAMES", "OriginalConfig",
-    "PaperResult", "PresetError", "PresetInfo", "ProposedOption", "apply_overrides", "format_paper_value",
-    "get_preset", "list_presets", "load_preset_dict", "preset_info", "preset_parameter_count", "preset_schema",
-    "preset_summary", "preset_text",
+    "DATA_PLACEHOLDER", "EDGE_WIDTH", "META_KEYS", "PRESET_DATA_KINDS", "PRESET_NAMES", "SET_SHORTHANDS",
+    "OriginalConfig", "PaperResult", "PresetError", "PresetInfo", "ProposedOption", "apply_overrides",
+    "format_paper_value", "get_preset", "list_presets", "load_preset_dict", "preset_data", "preset_info",
+    "preset_parameter_count", "preset_schema", "preset_summary", "preset_text",
 ]

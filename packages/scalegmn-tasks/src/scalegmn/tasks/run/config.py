@@ -6,11 +6,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scalegmn.weightgraph import ScaleGMNConfig
+
+from ..data import DataField, ZooData, zoo_shorthand
 
 ModelKindName = Literal["scalegmn", "gmn", "gmn_canon", "mlp"]
 TaskName = Literal["auto", "classification", "regression"]
@@ -87,11 +89,19 @@ class LoopConfig(BaseModel):
         return self
 
 
+def data_label(data: Any) -> str:
+    """The folder of a data source, for messages: a zoo's `path` or a data set's `root`."""
+    return str(data.path if isinstance(data, ZooData) else data.root)
+
+
 class RunConfig(LoopConfig):
-    """One training run on a zoo (unknown keys and impossible values are refused before any work).
+    """One training run on a zoo or a published data set (unknown keys and impossible values are refused before any work).
 
     Attributes:
-        zoo: the zoo folder (`scalegmn zoo build ...`).
+        data: the data source (`scalegmn.tasks.data`): `{kind: zoo, path: ...}` (a zoo
+            built by `scalegmn zoo build`), `dws`, `nfn_cifar` or `small_cnn_zoo`; a bare
+            path has its kind detected. The shorthand `zoo: PATH` stands for
+            `data: {kind: zoo, path: PATH}`.
         model: `"scalegmn"` (symmetry from the config, `"auto"` by default), `"gmn"` (the
             permutation-only GMN on group-normalised inputs), `"gmn_canon"` (GMN on
             canonicalised inputs) or `"mlp"` (an MLP on the flattened weights); see
@@ -108,12 +118,22 @@ class RunConfig(LoopConfig):
     The optimisation settings, `backend` and `threads` are those of `LoopConfig`.
     """
 
-    zoo: str
+    data: DataField
     model: ModelKindName = "scalegmn"
     gmn: ScaleGMNConfig = Field(default_factory=lambda: ScaleGMNConfig(d_hidden=32, n_layers=2, d_out=10))
     mlp_hidden: int = Field(default=256, ge=1)
     task: TaskName = "auto"
     input_scaling: Literal["layer", "none"] = "layer"
+
+    _zoo_shorthand = model_validator(mode="before")(zoo_shorthand)
+
+    if TYPE_CHECKING:  # for type checkers: `zoo=PATH` is accepted in place of `data`
+        def __init__(self, *, zoo: str | os.PathLike[str] | None = None, **values: Any) -> None: ...
+
+    @property
+    def zoo(self) -> str:
+        """The data folder as a string (the zoo's path; a data set's root)."""
+        return data_label(self.data)
 
 
 def validation_line(err: Any) -> str:

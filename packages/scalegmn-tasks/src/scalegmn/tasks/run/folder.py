@@ -138,6 +138,17 @@ class FolderLock:
             self._fd = None
 
 
+def _with_data(config: dict[str, Any]) -> dict[str, Any]:
+    """A `run.json` written before runs took `data:` (`zoo: PATH`), in today's form."""
+    if "zoo" not in config or "data" in config:
+        return config
+    from ..data import ZooData
+
+    out = {k: v for k, v in config.items() if k != "zoo"}
+    out["data"] = ZooData(path=config["zoo"]).model_dump(mode="json")
+    return out
+
+
 class RunFolder:
     """The files of one run (see the module docstring); only rank 0 writes.
 
@@ -202,6 +213,7 @@ class RunFolder:
                                  f"choose a new --out") from None
             if not resume:
                 raise TrainError(f"{self.path} already holds a run; pass --resume to continue it or choose a new folder")
+            old = _with_data(old) if "data" in config else old
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             if diff:
                 raise TrainError(f"{self.path}: the config differs from the run being resumed in {diff}; "

@@ -31,7 +31,7 @@ import numpy as np
 
 from scalegmn.weightgraph import Network
 
-from .config import RunConfig, TrainError
+from .config import RunConfig, TrainError, data_label
 from .models import get_model_kind
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def scale_layers(networks: Sequence[Network], scales: tuple[list[float], list[fl
 
 
 class ZooTask(Task):
-    """A task on the targets a zoo records (`RunConfig.zoo`), shared by the two zoo tasks.
+    """A task on the targets of a run's data (`RunConfig.data`), shared by the two zoo tasks.
 
     Args:
         cfg: the run.
@@ -192,11 +192,10 @@ class ZooTask(Task):
                 does not fit the model.
         """
         cfg = self.cfg
-        from ..datasets import open_zoo
 
         splits: dict[str, tuple[list[Network], np.ndarray]] = {}
         for s in SPLITS:
-            ds = open_zoo(cfg.zoo, s)
+            ds = _open(cfg.data, s)
             n = len(ds) if s != "train" or cfg.max_train is None else min(len(ds), cfg.max_train)
             if n == 0:
                 raise TrainError(f"{cfg.zoo}: the {s} split is empty")
@@ -217,7 +216,7 @@ class ZooTask(Task):
             try:
                 cfg.gmn.check_compatible(splits["train"][0][0].spec)
             except ValueError as err:
-                raise TrainError(f"{cfg.zoo}: the zoo does not fit the model: {err}") from None
+                raise TrainError(f"{cfg.zoo}: the data does not fit the model: {err}") from None
         else:
             sizes = {n.n_params() for nets, _ in splits.values() for n in nets}
             if len(sizes) > 1:
@@ -236,7 +235,7 @@ class ClassificationTask(ZooTask):
         super().check(splits)
         n_classes = int(max(int(y.max()) for _, y in splits.values())) + 1
         if n_classes > self.cfg.gmn.d_out:
-            raise TrainError(f"{self.cfg.zoo}: the zoo has {n_classes} classes but gmn.d_out={self.cfg.gmn.d_out}; "
+            raise TrainError(f"{self.cfg.zoo}: the data has {n_classes} classes but gmn.d_out={self.cfg.gmn.d_out}; "
                              f"set gmn.d_out to at least {n_classes}")
 
     def torch_loss_sum(self, outputs: Any, targets: Any) -> Any:
@@ -301,24 +300,37 @@ class GeneralisationTask(ZooTask):
 ZOO_TASKS: dict[str, type[ZooTask]] = {"class": ClassificationTask, "regression": GeneralisationTask}
 
 
-def zoo_task(cfg: RunConfig) -> ZooTask:
-    """The task of a zoo run: from the zoo's target kind, which an explicit `cfg.task` must match.
-
-    Raises:
-        TrainError: the zoo cannot be opened, or `cfg.task` disagrees with its targets.
-    """
-    from ..zoo.store import Zoo, ZooError
+def _open(data: Any, split: str) -> Any:
+    """`open_split` with the loaders' errors (a bad file, a missing folder) as a `TrainError`."""
+    from ..data import DataSourceError, open_split
+    from ..datasets.base import DataError
+    from ..zoo.store import ZooError
 
     try:
-        zoo = Zoo(cfg.zoo)
+        return open_split(data, split)
+    except (DataError, DataSourceError, ZooError, OSError) as err:
+        raise TrainError(f"{data_label(data)}: cannot read the {split} split: {err}") from None
+
+
+def zoo_task(cfg: RunConfig) -> ZooTask:
+    """The task of a run: from its data's target kind (`target_kind`), which an explicit `cfg.task` must match.
+
+    Raises:
+        TrainError: a zoo's manifest cannot be read, or `cfg.task` disagrees with the targets.
+    """
+    from ..data import ZooData, target_kind
+    from ..zoo.store import ZooError
+
+    try:
+        kind = target_kind(cfg.data)
     except (ZooError, OSError, ValueError) as err:
         raise TrainError(f"{cfg.zoo}: cannot open the zoo: {err}") from None
-    kind = zoo.manifest.target.kind
-    task = ZOO_TASKS[kind](cfg)
+    word = "class" if kind == "classification" else "regression"  # a zoo manifest's target kinds
+    task = ZOO_TASKS[word](cfg)
     if cfg.task != "auto" and cfg.task != task.name:
-        raise TrainError(f"{cfg.zoo}: task={cfg.task!r} but the zoo's targets are {kind!r} "
-                         f"({zoo.manifest.target.name}), a {task.name} task; set task to "
-                         f"{task.name!r} or 'auto'")
+        what = "the zoo's targets" if isinstance(cfg.data, ZooData) else f"the {cfg.data.kind} data's targets"
+        raise TrainError(f"{cfg.zoo}: task={cfg.task!r} but {what} are {word!r}, a {task.name} task; "
+                         f"set task to {task.name!r} or 'auto'")
     return task
 
 
@@ -329,59 +341,99 @@ class EditingTask(Task):
     """INR editing: the edited SIREN's render against the dilated image, pixel MSE (lower is better).
 
     Args:
-        zoo: an INR zoo of grayscale SIRENs of one architecture.
+        data: the SIRENs: an INR zoo of grayscale SIRENs of one architecture, or the DWS
+            MNIST INRs (a `DataConfig` of kind `zoo` or `dws`; a path is taken as a zoo).
         target: `"source"`, `"render"` or `"auto"` (see `scalegmn.tasks.editing.EditConfig`).
         max_train: use only the first `max_train` train INRs.
         max_eval: use only the first `max_eval` val and test INRs.
         n_examples: test INRs drawn in `editing.png`.
         gmn: the model configuration (checked against the SIRENs).
+        images: for DWS MNIST INRs, the folder of the MNIST idx files whose images the INRs
+            were fitted to (default: `data.images`); see `scalegmn.tasks.data.edit_targets_source`.
     """
 
     name, metric, short = "editing", "mse", "mse"
     higher_is_better = False
     keeps_best_model = True
 
-    def __init__(self, zoo: str, target: str, max_train: int | None, max_eval: int | None,
-                 n_examples: int, gmn: Any) -> None:
-        from ..datasets import open_zoo
+    def __init__(self, data: Any, target: str, max_train: int | None, max_eval: int | None,
+                 n_examples: int, gmn: Any, images: str | Path | None = None) -> None:
+        from ..data import DwsData, ZooData
         from ..sirens import EditingError, check_siren
 
-        self.zoo, self.target, self.n_examples, self.gmn = zoo, target, n_examples, gmn
+        if isinstance(data, (str, Path)):
+            data = ZooData(path=Path(data))
+        if not isinstance(data, (ZooData, DwsData)):
+            raise EditingError(f"{data_label(data)}: INR editing needs grayscale SIRENs (a zoo or dws data), "
+                               f"not {data.kind} data")
+        self.data, self.zoo = data, data_label(data)
+        self.target, self.n_examples, self.gmn = target, n_examples, gmn
+        self.images = images if images is not None else getattr(data, "images", None)
         self.limits = {"train": max_train, "val": max_eval, "test": max_eval}
-        self.datasets = {s: open_zoo(zoo, s) for s in SPLITS}
-        store = self.datasets["train"].zoo
-        if store.manifest.kind != "inr":
-            raise EditingError(f"{zoo}: INR editing needs an INR zoo; this zoo holds {store.manifest.kind!r} networks")
-        for spec in store.specs:
+        self.datasets = {s: _open(data, s) for s in SPLITS}
+        if isinstance(data, ZooData):
+            store = self.datasets["train"].zoo
+            if store.manifest.kind != "inr":
+                raise EditingError(f"{self.zoo}: INR editing needs an INR zoo; this zoo holds "
+                                   f"{store.manifest.kind!r} networks")
+            specs = list(store.specs)
+            shape = (store.manifest.source or {}).get("image_shape") or [28, 28]
+        else:
+            if self.images is not None and target == "render":
+                raise EditingError(f"images: {self.images} is given but target='render'; remove one of them")
+            specs = [sp for ds in self.datasets.values() for sp in ds.specs]
+            specs = [sp for i, sp in enumerate(specs) if sp not in specs[:i]]
+            shape = [28, 28]  # the DWS MNIST images
+        for spec in specs:
             check_siren(spec)
-        if len(store.specs) != 1:
-            raise EditingError(f"{zoo}: INR editing needs SIRENs of one architecture; the zoo has {len(store.specs)}")
-        self.spec = store.specs[0]
-        shape = (store.manifest.source or {}).get("image_shape") or [28, 28]
+        if len(specs) != 1:
+            raise EditingError(f"{self.zoo}: INR editing needs SIRENs of one architecture; the data has {len(specs)}")
+        self.spec = specs[0]
         self.height, self.width = int(shape[0]), int(shape[1])
         gmn.check_compatible(self.spec)
+
+    def _source(self) -> tuple[dict[str, np.ndarray] | None, str]:
+        """The source image of every INR per split (dataset order), or None and why not."""
+        from ..data import DataSourceError, ZooData, edit_targets_source
+        from ..sirens import EditingError, source_images
+
+        if isinstance(self.data, ZooData):
+            store = self.datasets["train"].zoo
+            images, why = source_images(store)
+            if images is None:
+                return None, why
+            if images.shape[1:] != (self.height, self.width):
+                raise EditingError(f"{self.zoo}: source images are {images.shape[1:]}, the manifest says "
+                                   f"{(self.height, self.width)}")
+            return {s: images[np.asarray(ds.columns["group"], dtype=np.int64)] for s, ds in self.datasets.items()}, ""
+        if self.images is None:
+            return None, ("no MNIST images were given (images: the folder of the MNIST idx files, "
+                          "e.g. --set images=FOLDER)")
+        try:
+            found = edit_targets_source(self.data, self.images, SPLITS, self.datasets)
+        except DataSourceError as err:
+            raise EditingError(str(err)) from None
+        return {s: v for s, v in found.items() if v is not None}, ""
 
     def load(self) -> RunData:
         """SIRENs and their targets: the dilated source images (or the dilated renders).
 
         Raises:
             EditingError: `target="source"` and the source cannot be loaded, or its images do
-                not have the manifest's shape, or a split is empty.
+                not have the expected shape, or a split is empty.
         """
-        from ..sirens import EditingError, dilate_numpy, render_numpy, source_images
+        from ..sirens import EditingError, dilate_numpy, render_numpy
 
         H, W = self.height, self.width
-        store = self.datasets["train"].zoo
-        images = None
+        sources: dict[str, np.ndarray] | None = None
         why = "target='render' was asked for"
         if self.target != "render":
-            images, why = source_images(store)
-            if images is None and self.target == "source":
-                raise EditingError(f"{self.zoo}: cannot build source-image targets: {why}")
-            if images is None:
+            sources, why = self._source()
+            if sources is None and self.target == "source":
+                raise EditingError(f"{self.zoo}: cannot build source-image targets: {why}; or set target to "
+                                   "'auto' or 'render' to dilate the render of each INR")
+            if sources is None:
                 warnings.warn(f"{self.zoo}: {why}; the targets are the dilated renders of the SIRENs", stacklevel=3)
-            elif images.shape[1:] != (H, W):
-                raise EditingError(f"{self.zoo}: source images are {images.shape[1:]}, the manifest says {(H, W)}")
         splits: dict[str, tuple[list[Network], np.ndarray]] = {}
         identity: dict[str, float] = {}
         for s, ds in self.datasets.items():
@@ -391,14 +443,13 @@ class EditingTask(Task):
                 raise EditingError(f"{self.zoo}: the {s} split is empty")
             nets = ds.networks(np.arange(n))
             render = render_numpy(nets, H, W)
-            if images is not None:
-                src = images[np.asarray(ds.columns["group"][:n], dtype=np.int64)].astype(np.float64)
-            else:
-                src = render
+            src = sources[s][:n].astype(np.float64) if sources is not None else render
+            if src.shape[1:] != (H, W):
+                raise EditingError(f"{self.zoo}: the {s} source images are {src.shape[1:]}, the SIRENs render {(H, W)}")
             target = dilate_numpy(src)
             identity[s] = float(((render - target) ** 2).mean())
             splits[s] = (nets, target.astype(np.float32))
-        kind = "source" if images is not None else "render"
+        kind = "source" if sources is not None else "render"
         extras = {"identity_train_mse": identity["train"], "identity_val_mse": identity["val"],
                   "identity_test_mse": identity["test"], "target": kind,
                   "target_note": "" if kind == "source" else why, "image_shape": [H, W],
