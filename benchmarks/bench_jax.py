@@ -31,8 +31,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     **benchcommon.PRESET_CONFIGS,
 }
 BATCH = 64
-D_HIDDEN = 128
-N_LAYERS = 4
 MODES = {"jit": "jit", "eager": "jit", "compiled": "jit"}
 
 
@@ -84,19 +82,13 @@ def build(name: str, seed: int = 0, batch: int = BATCH,
     import jax.numpy as jnp
     import numpy as np
 
-    from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
+    from scalegmn.jax import ScaleGMN, collate
     from scalegmn.weightgraph import random_network
 
     c = CONFIGS[name]
     rng = np.random.default_rng(seed)
     spec = benchcommon.bench_spec(c["net"])
-    if "preset" in c:
-        cfg = benchcommon.preset_gmn(c["preset"], **(overrides or {}))
-    elif c["net"] == "siren":
-        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10, bidirectional=c["bidirectional"])
-    else:
-        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
-                             bidirectional=c["bidirectional"])
+    cfg = benchcommon.bench_gmn(c, **(overrides or {}))
     if c["net"] == "siren":
         labels = jnp.asarray(rng.integers(0, cfg.d_out, batch))
         loss: Any = "cross_entropy"

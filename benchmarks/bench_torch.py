@@ -24,8 +24,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     **benchcommon.PRESET_CONFIGS,
 }
 BATCH = 64
-D_HIDDEN = 128
-N_LAYERS = 4
 
 
 def machine_info() -> dict[str, Any]:
@@ -63,19 +61,13 @@ def build(name: str, seed: int = 0, batch: int = BATCH, device: str = "cpu",
     import torch
     import torch.nn.functional as F
 
-    from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
+    from scalegmn.torch import ScaleGMN, collate
     from scalegmn.weightgraph import random_network
 
     c = CONFIGS[name]
     spec = benchcommon.bench_spec(c["net"])
     gen = torch.Generator().manual_seed(seed)
-    if "preset" in c:
-        cfg = benchcommon.preset_gmn(c["preset"], **(overrides or {}))
-    elif c["net"] == "siren":
-        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10, bidirectional=c["bidirectional"])
-    else:
-        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
-                             bidirectional=c["bidirectional"])
+    cfg = benchcommon.bench_gmn(c, **(overrides or {}))
     if c["net"] == "siren":
         target = torch.randint(0, cfg.d_out, (batch,), generator=gen).to(device)
 

@@ -41,6 +41,22 @@ def preset_gmn(name: str, **overrides: Any) -> Any:
     return type(gmn).model_validate({**gmn.model_dump(), **overrides}) if overrides else gmn
 
 
+D_HIDDEN = 128
+N_LAYERS = 4
+
+
+def bench_gmn(c: dict[str, Any], **overrides: Any) -> Any:
+    """The `ScaleGMNConfig` of benchmark config `c`: its preset's, or the fixed-size rows' model."""
+    from scalegmn.weightgraph import ScaleGMNConfig
+
+    if "preset" in c:
+        return preset_gmn(c["preset"], **overrides)
+    if c["net"] == "siren":
+        return ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10, bidirectional=c["bidirectional"])
+    return ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
+                          bidirectional=c["bidirectional"])
+
+
 def machine_info(**versions: str) -> dict[str, Any]:
     """CPU model, cores, load average, Python and the given library versions, allocator."""
     cpu = platform.processor() or ""
