@@ -124,12 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         for threads in (int(t) for t in a.threads.split(",")):
             rows += run_backend(backend, threads, extra, a.timeout)
     print_table(rows)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(a.out.name + ".tmp")
-    tmp.write_text(json.dumps({"rows": rows}, indent=2))
-    os.replace(tmp, a.out)
+    from scalegmn.weightgraph.io import atomic_write
+
+    atomic_write(a.out, json.dumps({"rows": rows}, indent=2))
     if a.markdown:
-        a.markdown.write_text(markdown(rows) + "\n")
+        atomic_write(a.markdown, markdown(rows) + "\n")
     print(f"wrote {a.out}", file=sys.stderr)
     return 0 if all("error" not in r for r in rows) else 1
 

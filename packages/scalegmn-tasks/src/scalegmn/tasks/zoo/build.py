@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scalegmn.weightgraph.io import sha256_file
+from scalegmn.weightgraph.io import TMP_SUFFIX, sha256_file
 
 from ..distributed import all_gather, barrier, on_rank0, process_group
 from .manifest import Manifest, ShardRecord
@@ -185,7 +185,7 @@ def prepare(root: str | os.PathLike[str], template: Manifest, resume: bool) -> M
         root.mkdir(parents=True, exist_ok=True)
         manifest = template.model_copy(update={"shards": [], "complete": False})
     (root / SHARD_DIR).mkdir(exist_ok=True)
-    for tmp in (root / SHARD_DIR).glob(".*.tmp"):
+    for tmp in (root / SHARD_DIR).glob(f".*{TMP_SUFFIX}*"):  # atomic_write's temporaries
         tmp.unlink(missing_ok=True)
     write_manifest(root, manifest)
     return manifest
