@@ -7,11 +7,10 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, Float
 
-import jax
 import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .nn import MLP, Keys, Linear, scale_inv
+from .nn import MLP, InitKeys, Keys, Linear, scale_inv
 
 
 class Readout(eqx.Module):
@@ -20,21 +19,20 @@ class Readout(eqx.Module):
 
     Args:
         cfg: the model configuration.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
     inv: MLP | None
     mlp: MLP
 
-    def __init__(self, cfg: ScaleGMNConfig, *, key: Array, dtype: jnp.dtype = jnp.float32) -> None:
+    def __init__(self, cfg: ScaleGMNConfig, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
         d = cfg.d_hidden
-        ki, km = jax.random.split(key)
         full = cfg.readout == "full_graph"
         self.inv = (MLP(d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation, cfg.layer_norm, cfg.dropout,
-                        key=ki, dtype=dtype) if full else None)
+                        keys=keys, dtype=dtype) if full else None)
         self.mlp = MLP(3 * d if full else cfg.max_out_nodes * d, cfg.readout_width, cfg.d_out, cfg.readout_layers,
-                       cfg.mlp_activation, cfg.layer_norm, cfg.dropout, key=km, dtype=dtype)
+                       cfg.mlp_activation, cfg.layer_norm, cfg.dropout, keys=keys, dtype=dtype)
 
     def __call__(self, h: Array, g: Any, role: Array, grp: Array, cfg: ScaleGMNConfig,
                  keys: Keys) -> Float[Array, "B d_out"]:
@@ -51,7 +49,7 @@ class EquivariantHead(eqx.Module):
 
     Args:
         cfg: the model configuration.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
@@ -59,10 +57,10 @@ class EquivariantHead(eqx.Module):
     edge: Linear
     alpha: Float[Array, " n_alpha"]
 
-    def __init__(self, cfg: ScaleGMNConfig, *, key: Array, dtype: jnp.dtype = jnp.float32) -> None:
-        kn, ke = jax.random.split(key)
-        self.node = Linear(cfg.d_hidden, 1, bias=False, key=kn, dtype=dtype)
-        self.edge = Linear(cfg.d_hidden, cfg.d_edge_in, bias=False, key=ke, dtype=dtype)
+    def __init__(self, cfg: ScaleGMNConfig, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
+        self.node = Linear(cfg.d_hidden, 1, bias=False, keys=keys, dtype=dtype)
+        self.edge = Linear(cfg.d_hidden, cfg.d_edge_in, bias=False, keys=keys, dtype=dtype)
+        keys()
         self.alpha = jnp.full((cfg.max_hidden_layers + 1,), cfg.edit_alpha_init, dtype)
 
     def __call__(self, batch: Any, h: Array, e: Any, g: Any) -> tuple[Array, Array]:

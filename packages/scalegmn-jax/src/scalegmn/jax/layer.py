@@ -14,11 +14,10 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array
 
-import jax
 import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .nn import MLP, Keys, Linear, ReScaleEq, ScaleEq, normalises, scale_inv
+from .nn import MLP, InitKeys, Keys, Linear, ReScaleEq, ScaleEq, normalises, scale_inv
 
 
 class Direction(eqx.Module):
@@ -26,19 +25,18 @@ class Direction(eqx.Module):
 
     Args:
         cfg: the model configuration.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
     rescale: ReScaleEq
     msg: ScaleEq
 
-    def __init__(self, cfg: ScaleGMNConfig, *, key: Array, dtype: jnp.dtype = jnp.float32) -> None:
+    def __init__(self, cfg: ScaleGMNConfig, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
         d = cfg.d_hidden
-        kr, km = jax.random.split(key)
-        self.rescale = ReScaleEq(d, key=kr, dtype=dtype)
+        self.rescale = ReScaleEq(d, keys=keys, dtype=dtype)
         self.msg = ScaleEq(2 * d if cfg.message_receiver else d, d, cfg.mlp_width, cfg.mlp_layers,
-                           cfg.mlp_activation, cfg.layer_norm, cfg.dropout, key=km, dtype=dtype)
+                           cfg.mlp_activation, cfg.layer_norm, cfg.dropout, keys=keys, dtype=dtype)
 
 
 class EdgeUpdate(eqx.Module):
@@ -46,7 +44,7 @@ class EdgeUpdate(eqx.Module):
 
     Args:
         cfg: the model configuration.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
@@ -54,14 +52,13 @@ class EdgeUpdate(eqx.Module):
     inv: MLP
     mlp: MLP
 
-    def __init__(self, cfg: ScaleGMNConfig, *, key: Array, dtype: jnp.dtype = jnp.float32) -> None:
+    def __init__(self, cfg: ScaleGMNConfig, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
         d = cfg.d_hidden
-        kg, ki, km = jax.random.split(key, 3)
-        self.gamma = Linear(d, d, bias=False, key=kg, dtype=dtype)
+        self.gamma = Linear(d, d, bias=False, keys=keys, dtype=dtype)
         self.inv = MLP(d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation, cfg.layer_norm,
-                       cfg.dropout, key=ki, dtype=dtype)
+                       cfg.dropout, keys=keys, dtype=dtype)
         self.mlp = MLP(2 * d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation, cfg.layer_norm,
-                       cfg.dropout, key=km, dtype=dtype)
+                       cfg.dropout, keys=keys, dtype=dtype)
 
 
 class GMNLayer(eqx.Module):
@@ -70,7 +67,7 @@ class GMNLayer(eqx.Module):
     Args:
         cfg: the model configuration.
         edge_update: whether the layer updates the edges.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
@@ -80,16 +77,15 @@ class GMNLayer(eqx.Module):
     edge: EdgeUpdate | None
     config: ScaleGMNConfig = eqx.field(static=True)
 
-    def __init__(self, cfg: ScaleGMNConfig, edge_update: bool, *, key: Array,
+    def __init__(self, cfg: ScaleGMNConfig, edge_update: bool, *, keys: InitKeys,
                  dtype: jnp.dtype = jnp.float32) -> None:
         d = cfg.d_hidden
-        kf, kb, ku, ke = jax.random.split(key, 4)
         self.config = cfg
-        self.fwd = Direction(cfg, key=kf, dtype=dtype)
-        self.bwd = Direction(cfg, key=kb, dtype=dtype) if cfg.bidirectional else None
+        self.fwd = Direction(cfg, keys=keys, dtype=dtype)
+        self.bwd = Direction(cfg, keys=keys, dtype=dtype) if cfg.bidirectional else None
         self.upd = ScaleEq((3 if cfg.bidirectional else 2) * d, d, cfg.mlp_width, cfg.mlp_layers,
-                           cfg.mlp_activation, cfg.layer_norm, cfg.dropout, key=ku, dtype=dtype)
-        self.edge = EdgeUpdate(cfg, key=ke, dtype=dtype) if edge_update else None
+                           cfg.mlp_activation, cfg.layer_norm, cfg.dropout, keys=keys, dtype=dtype)
+        self.edge = EdgeUpdate(cfg, keys=keys, dtype=dtype) if edge_update else None
 
     def backward_rescale(self, s: Array, e: Array, n_src: Array, n_dst: Array) -> Array:
         """`ReScaleEq_bwd(h_i, e_ji) * c_ji` on edges, from `s = a h_i` (gathered) and `e = e_ji`.

@@ -25,7 +25,7 @@ from scalegmn.weightgraph import ScaleGMNConfig
 from .batch import GROUP_CODE, DenseGraphBatch, GraphBatch
 from .heads import EquivariantHead, Readout
 from .layer import GMNLayer
-from .nn import Keys, Linear
+from .nn import InitKeys, Keys, Linear
 
 
 def _segment_sum(x: Array, seg: Array, n: int) -> Array:
@@ -234,24 +234,9 @@ class ScaleGMN(eqx.Module):
             for f in dataclasses.fields(built):
                 setattr(self, f.name, getattr(built, f.name))
             return
-        kn, ke, kp, kl, kh = jax.random.split(key if key is not None else jax.random.key(0), 5)
-        d = cfg.d_hidden
-        self.node_proj = Linear(cfg.d_node_in, d, bias=False, key=kn, dtype=dtype)
-        self.edge_proj = Linear(cfg.d_edge_in, d, bias=False, key=ke, dtype=dtype)
-        tables: dict[str, tuple[int, float]] = {
-            "pe_in": (cfg.max_in_nodes, 0.0), "pe_hidden": (cfg.max_hidden_layers, 1.0),
-            "pe_out": (cfg.max_out_nodes, 0.0), "pe_edge_in": (cfg.max_in_nodes, 1.0),
-            "pe_edge_hidden": (cfg.max_hidden_layers, 1.0), "pe_edge_out": (cfg.max_out_nodes, 1.0),
-        }
-        # Tables near one multiply, near zero add (`docs/model.md`).
-        for (name, (n, base)), k in zip(tables.items(), jax.random.split(kp, len(tables)), strict=True):
-            setattr(self, name, base + 0.1 * jax.random.normal(k, (n, d), dtype) if cfg.positional_encoding else None)
-        last_edge = cfg.edge_update and cfg.head == "equivariant"
-        self.layers = tuple(
-            GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge), key=k, dtype=dtype)
-            for t, k in enumerate(jax.random.split(kl, cfg.n_layers)))
-        self.readout = Readout(cfg, key=kh, dtype=dtype) if cfg.head == "invariant" else None
-        self.head = EquivariantHead(cfg, key=kh, dtype=dtype) if cfg.head == "equivariant" else None
+        keys = InitKeys(jax.random.split(key if key is not None else jax.random.key(0), _n_params(cfg)))
+        for name, value in _children(cfg, keys, dtype).items():
+            setattr(self, name, value)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -326,6 +311,33 @@ class ScaleGMN(eqx.Module):
             jnp.where((role[dst] == 2)[:, None], self.pe_edge_out[jnp.clip(pos[dst], 0, n_out)],
                       self.pe_edge_hidden[jnp.clip(lyr[dst] - 2, 0, n_hid)]))
         return add, mul, pe_e
+
+
+def _children(cfg: ScaleGMNConfig, keys: InitKeys, dtype: jnp.dtype) -> dict[str, Any]:
+    """The fields of a new `ScaleGMN`, parameters made (and keys drawn) in the order of `docs/model.md`."""
+    d = cfg.d_hidden
+    out: dict[str, Any] = {"node_proj": Linear(cfg.d_node_in, d, bias=False, keys=keys, dtype=dtype),
+                           "edge_proj": Linear(cfg.d_edge_in, d, bias=False, keys=keys, dtype=dtype)}
+    # Tables near one multiply, near zero add.
+    tables = {"pe_in": (cfg.max_in_nodes, 0.0), "pe_hidden": (cfg.max_hidden_layers, 1.0),
+              "pe_out": (cfg.max_out_nodes, 0.0), "pe_edge_in": (cfg.max_in_nodes, 1.0),
+              "pe_edge_hidden": (cfg.max_hidden_layers, 1.0), "pe_edge_out": (cfg.max_out_nodes, 1.0)}
+    for name, (n, base) in tables.items():
+        out[name] = base + 0.1 * jax.random.normal(keys(), (n, d), dtype) if cfg.positional_encoding else None
+    last_edge = cfg.edge_update and cfg.head == "equivariant"
+    out["layers"] = tuple(GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge), keys=keys, dtype=dtype)
+                          for t in range(cfg.n_layers))
+    out["readout"] = Readout(cfg, keys=keys, dtype=dtype) if cfg.head == "invariant" else None
+    out["head"] = EquivariantHead(cfg, keys=keys, dtype=dtype) if cfg.head == "equivariant" else None
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _n_params(config: ScaleGMNConfig) -> int:
+    """The number of parameters (keys to draw) of the model of `config`."""
+    keys = InitKeys(None)
+    eqx.filter_eval_shape(lambda: _children(config, keys, jnp.float32))
+    return keys.count
 
 
 def _core(model: ScaleGMN, batch: GraphBatch | DenseGraphBatch, key: Array | None) -> Any:

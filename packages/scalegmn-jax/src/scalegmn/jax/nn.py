@@ -51,6 +51,25 @@ class Keys:
         return sub
 
 
+class InitKeys:
+    """Initialisation keys, one handed out per parameter in the order the parameters are made.
+
+    Every parameter is drawn from its own key of `jax.random.split(key, n_params)`, so a
+    model's initial values depend only on the key and on the order of `docs/model.md`
+    (each Linear's weight and bias, then the LayerNorm after it), not on how the module tree
+    groups them. `InitKeys(None)` counts the parameters instead (any key is handed out).
+    """
+
+    def __init__(self, keys: Array | None) -> None:
+        self.keys, self.count = keys, 0
+
+    def __call__(self) -> Array:
+        """The next parameter's key."""
+        k = jax.random.key(0) if self.keys is None else self.keys[self.count]
+        self.count += 1
+        return k
+
+
 class Linear(eqx.Module):
     """`y = x W^T + b` on the last axis (torch layout `W: [d_out, d_in]`, PyTorch's uniform init).
 
@@ -58,19 +77,18 @@ class Linear(eqx.Module):
         d_in: input width.
         d_out: output width.
         bias: with a bias.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
     weight: Float[Array, "d_out d_in"]
     bias: Float[Array, " d_out"] | None
 
-    def __init__(self, d_in: int, d_out: int, *, bias: bool = True, key: Array,
+    def __init__(self, d_in: int, d_out: int, *, bias: bool = True, keys: InitKeys,
                  dtype: jnp.dtype = jnp.float32) -> None:
         bound = 1.0 / math.sqrt(d_in)
-        kw, kb = jax.random.split(key)
-        self.weight = jax.random.uniform(kw, (d_out, d_in), dtype, -bound, bound)
-        self.bias = jax.random.uniform(kb, (d_out,), dtype, -bound, bound) if bias else None
+        self.weight = jax.random.uniform(keys(), (d_out, d_in), dtype, -bound, bound)
+        self.bias = jax.random.uniform(keys(), (d_out,), dtype, -bound, bound) if bias else None
 
     def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
         """Apply the map to the last axis."""
@@ -79,12 +97,19 @@ class Linear(eqx.Module):
 
 
 class LayerNorm(eqx.Module):
-    """LayerNorm over the last axis (eps 1e-5, affine; torch's `nn.LayerNorm`)."""
+    """LayerNorm over the last axis (eps 1e-5, affine; torch's `nn.LayerNorm`).
+
+    Args:
+        d: width.
+        keys: initialisation keys (one per parameter is taken, though ones and zeros need none).
+        dtype: parameter dtype.
+    """
 
     weight: Float[Array, " d"]
     bias: Float[Array, " d"]
 
-    def __init__(self, d: int, *, dtype: jnp.dtype = jnp.float32) -> None:
+    def __init__(self, d: int, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
+        keys(), keys()
         self.weight = jnp.ones((d,), dtype)
         self.bias = jnp.zeros((d,), dtype)
 
@@ -106,7 +131,7 @@ class MLP(eqx.Module):
         activation: `"relu"`, `"silu"`, `"gelu"` (exact) or `"tanh"`.
         layer_norm: LayerNorm before each activation.
         dropout: dropout probability after each activation.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
@@ -116,12 +141,16 @@ class MLP(eqx.Module):
     dropout: float = eqx.field(static=True)
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int, n_hidden: int, activation: str,
-                 layer_norm: bool = False, dropout: float = 0.0, *, key: Array,
+                 layer_norm: bool = False, dropout: float = 0.0, *, keys: InitKeys,
                  dtype: jnp.dtype = jnp.float32) -> None:
         dims = [d_in] + [d_hidden] * n_hidden + [d_out]
-        keys = jax.random.split(key, len(dims) - 1)
-        self.lin = tuple(Linear(a, b, key=k, dtype=dtype) for a, b, k in zip(dims[:-1], dims[1:], keys, strict=True))
-        self.norm = tuple(LayerNorm(d_hidden, dtype=dtype) for _ in range(n_hidden)) if layer_norm else None
+        lin, norm = [], []
+        for k in range(len(dims) - 1):
+            lin.append(Linear(dims[k], dims[k + 1], keys=keys, dtype=dtype))
+            if layer_norm and k < n_hidden:
+                norm.append(LayerNorm(d_hidden, keys=keys, dtype=dtype))
+        self.lin = tuple(lin)
+        self.norm = tuple(norm) if layer_norm else None
         self.activation = activation
         self.dropout = dropout
 
@@ -131,7 +160,9 @@ class MLP(eqx.Module):
 
     def tail(self, pre: Array, keys: Keys) -> Array:
         """The MLP from `pre = first(x)`: `[..., d_out]`; dropout keys from `keys`."""
-        x = pre + self.lin[0].bias
+        b0 = self.lin[0].bias
+        assert b0 is not None
+        x = pre + b0
         for k, lin in enumerate(self.lin[1:]):
             if self.norm is not None:
                 x = self.norm[k](x)
@@ -212,7 +243,7 @@ class ScaleEq(eqx.Module):
         d_in: input width.
         d: output width.
         mlp_hidden, n_hidden, activation, layer_norm, dropout: of the invariant MLP `inv`.
-        key: initialisation key.
+        keys: initialisation keys.
         dtype: parameter dtype.
     """
 
@@ -220,10 +251,9 @@ class ScaleEq(eqx.Module):
     inv: MLP
 
     def __init__(self, d_in: int, d: int, mlp_hidden: int, n_hidden: int, activation: str,
-                 layer_norm: bool, dropout: float, *, key: Array, dtype: jnp.dtype = jnp.float32) -> None:
-        kg, ki = jax.random.split(key)
-        self.gamma = Linear(d_in, d, bias=False, key=kg, dtype=dtype)
-        self.inv = MLP(d_in, mlp_hidden, d, n_hidden, activation, layer_norm, dropout, key=ki, dtype=dtype)
+                 layer_norm: bool, dropout: float, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
+        self.gamma = Linear(d_in, d, bias=False, keys=keys, dtype=dtype)
+        self.inv = MLP(d_in, mlp_hidden, d, n_hidden, activation, layer_norm, dropout, keys=keys, dtype=dtype)
 
     def _first(self, x: Array, off: int) -> Array:
         """`[gamma x, W_0 x]` for the columns `off:off + width(x)` of the input."""
@@ -282,12 +312,17 @@ class ScaleEq(eqx.Module):
 
 
 class ReScaleEq(eqx.Module):
-    """`ReScaleEq(x, y) = (a x) * (b y)`: two Linears without bias, `d -> d`."""
+    """`ReScaleEq(x, y) = (a x) * (b y)`: two Linears without bias, `d -> d`.
+
+    Args:
+        d: width.
+        keys: initialisation keys.
+        dtype: parameter dtype.
+    """
 
     a: Linear
     b: Linear
 
-    def __init__(self, d: int, *, key: Array, dtype: jnp.dtype = jnp.float32) -> None:
-        ka, kb = jax.random.split(key)
-        self.a = Linear(d, d, bias=False, key=ka, dtype=dtype)
-        self.b = Linear(d, d, bias=False, key=kb, dtype=dtype)
+    def __init__(self, d: int, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
+        self.a = Linear(d, d, bias=False, keys=keys, dtype=dtype)
+        self.b = Linear(d, d, bias=False, keys=keys, dtype=dtype)

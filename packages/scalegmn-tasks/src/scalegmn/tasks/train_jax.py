@@ -129,7 +129,7 @@ def _with_arrays(model: Any, arrays: dict[str, np.ndarray]) -> Any:
         if set(arrays) != set(model.params):
             raise TrainError(f"the saved model has parameters {sorted(set(arrays) ^ set(model.params))} "
                              f"that this config does not (or the other way round)")
-        return eqx.tree_at(lambda m: m.params, model, {k: jnp.asarray(arrays[k]) for k in model.params})
+        return type(model)(model.config, params={k: jnp.asarray(arrays[k]) for k in model.params})
     names = _mlp_names(model)
     leaves = [jnp.asarray(arrays[n]) for n in names]
     return eqx.tree_at(lambda m: [a for lin in m.layers for a in (lin.weight, lin.bias)], model, leaves)
