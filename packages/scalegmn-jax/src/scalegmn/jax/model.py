@@ -175,7 +175,14 @@ def _param_name(path: Sequence[Any]) -> str:
 
 
 def parameters(tree: Any) -> dict[str, Any]:
-    """The leaves of a `ScaleGMN` (or of a tree of its shape: gradients, updates) by checkpoint name."""
+    """The leaves of a `ScaleGMN`, or of a tree of its shape (gradients, updates), by checkpoint name.
+
+    Args:
+        tree: a `ScaleGMN` or a pytree with its structure.
+
+    Returns:
+        `{name: leaf}`, the names being the key paths (`layers.0.fwd.msg.gamma.weight`).
+    """
     return {_param_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 

@@ -242,7 +242,11 @@ class ScaleEq(eqx.Module):
     Args:
         d_in: input width.
         d: output width.
-        mlp_hidden, n_hidden, activation, layer_norm, dropout: of the invariant MLP `inv`.
+        mlp_hidden: hidden width of the invariant MLP `inv`.
+        n_hidden: its number of hidden layers.
+        activation: its activation.
+        layer_norm: LayerNorm in it.
+        dropout: its dropout probability.
         keys: initialisation keys.
         dtype: parameter dtype.
     """
