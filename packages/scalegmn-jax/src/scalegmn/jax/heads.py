@@ -10,7 +10,7 @@ from jaxtyping import Array, Float
 import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .nn import MLP, InitKeys, Keys, Linear, scale_inv
+from .nn import MLP, DropoutKeys, InitKeys, Linear, scale_inv
 
 
 class Readout(eqx.Module):
@@ -35,7 +35,7 @@ class Readout(eqx.Module):
                        cfg.mlp_activation, cfg.layer_norm, cfg.dropout, keys=keys, dtype=dtype)
 
     def __call__(self, h: Array, g: Any, role: Array, grp: Array, cfg: ScaleGMNConfig,
-                 keys: Keys) -> Float[Array, "B d_out"]:
+                 keys: DropoutKeys) -> Float[Array, "B d_out"]:
         """The readout of the final node states `h` in the layout `g` (`role`, `grp` per node)."""
         if self.inv is None:
             return self.mlp(g.output_nodes(h, cfg.max_out_nodes), keys)

@@ -17,7 +17,7 @@ from jaxtyping import Array
 import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
-from .nn import MLP, InitKeys, Keys, Linear, ReScaleEq, ScaleEq, normalises, scale_inv
+from .nn import MLP, DropoutKeys, InitKeys, Linear, ReScaleEq, ScaleEq, normalises, scale_inv
 
 
 class Direction(eqx.Module):
@@ -97,7 +97,7 @@ class GMNLayer(eqx.Module):
         assert self.bwd is not None
         return s * self.bwd.rescale.b(e) * (n_src / n_dst)
 
-    def __call__(self, h: Array, e: Any, g: Any, grp: Array, keys: Keys) -> tuple[Array, Any]:
+    def __call__(self, h: Array, e: Any, g: Any, grp: Array, keys: DropoutKeys) -> tuple[Array, Any]:
         """Apply the layer.
 
         Args:

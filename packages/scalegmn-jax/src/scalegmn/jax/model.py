@@ -25,7 +25,7 @@ from scalegmn.weightgraph import ScaleGMNConfig
 from .batch import GROUP_CODE, DenseGraphBatch, GraphBatch
 from .heads import EquivariantHead, Readout
 from .layer import GMNLayer
-from .nn import InitKeys, Keys, Linear
+from .nn import DropoutKeys, InitKeys, Linear
 
 
 def _segment_sum(x: Array, seg: Array, n: int) -> Array:
@@ -278,7 +278,7 @@ class ScaleGMN(eqx.Module):
         cfg = self.config
         # Chunks run in a loop: dropout keys cannot be drawn inside it, so dropout runs unchunked.
         g: Any = _Dense(b, key is None or cfg.dropout == 0) if isinstance(b, DenseGraphBatch) else _Segments(b)
-        keys = Keys(key if cfg.dropout > 0 else None)
+        keys = DropoutKeys(key if cfg.dropout > 0 else None)
         role = b.node_role
         # Node index arrays are of the shared graph ([N]; the union's for a GraphBatch); feature
         # arrays carry the batch axis first in the dense layout and broadcast against these.

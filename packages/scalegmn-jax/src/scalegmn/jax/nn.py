@@ -37,8 +37,12 @@ def flips(g: Array) -> Array:
     return (g == 2) | (g == 3)
 
 
-class Keys:
-    """Dropout keys drawn one after the other from `key` (`None`: no dropout, inference)."""
+class DropoutKeys:
+    """Dropout keys drawn one after the other from `key`, as the modules ask for them.
+
+    Args:
+        key: the call's dropout key, or `None` (inference: no dropout).
+    """
 
     def __init__(self, key: Array | None) -> None:
         self.key = key
@@ -57,7 +61,10 @@ class InitKeys:
     Every parameter is drawn from its own key of `jax.random.split(key, n_params)`, so a
     model's initial values depend only on the key and on the order of `docs/model.md`
     (each Linear's weight and bias, then the LayerNorm after it), not on how the module tree
-    groups them. `InitKeys(None)` counts the parameters instead (any key is handed out).
+    groups them.
+
+    Args:
+        keys: `[n_params]` keys, or `None` to count the parameters (any key is handed out).
     """
 
     def __init__(self, keys: Array | None) -> None:
@@ -158,7 +165,7 @@ class MLP(eqx.Module):
         """The first Linear without its bias (the part that `tail` continues from)."""
         return x @ self.lin[0].weight.T
 
-    def tail(self, pre: Array, keys: Keys) -> Array:
+    def tail(self, pre: Array, keys: DropoutKeys) -> Array:
         """The MLP from `pre = first(x)`: `[..., d_out]`; dropout keys from `keys`."""
         b0 = self.lin[0].bias
         assert b0 is not None
@@ -174,7 +181,7 @@ class MLP(eqx.Module):
             x = lin(x)
         return x
 
-    def __call__(self, x: Float[Array, "... d_in"], keys: Keys) -> Array:
+    def __call__(self, x: Float[Array, "... d_in"], keys: DropoutKeys) -> Array:
         """Apply the MLP: `[..., d_in] -> [..., d_out]`."""
         return self.tail(self.first(x), keys)
 
@@ -202,7 +209,7 @@ def canon_sign(parts: Sequence[tuple[Array, Array]]) -> Array:
 
 
 def inv_tail(mlp: MLP, pre: Array, sq: Array, g: Array, sign: Array | None, eps: float,
-             symmetrize: bool, keys: Keys) -> Array:
+             symmetrize: bool, keys: DropoutKeys) -> Array:
     """ScaleInv of the MLP `mlp` from `pre = W_0 x` and `sq = ||x||^2` (`[..., 1]`).
 
     `W_0 u = W_0 x / max(||x||, eps)` where the group normalises, and for sign groups
@@ -230,7 +237,7 @@ def inv_tail(mlp: MLP, pre: Array, sq: Array, g: Array, sign: Array | None, eps:
     return mlp.tail(jnp.where(signed, sign * pre, pre), keys)
 
 
-def scale_inv(mlp: MLP, x: Array, g: Array, eps: float, symmetrize: bool, keys: Keys) -> Array:
+def scale_inv(mlp: MLP, x: Array, g: Array, eps: float, symmetrize: bool, keys: DropoutKeys) -> Array:
     """`ScaleInv_G(x)` of rows `x` `[..., d_in]` with group codes `g` `[...]`: `[..., d_out]`."""
     sign = None if symmetrize else canon_sign([max_abs_sign(x)])
     return inv_tail(mlp, mlp.first(x), jnp.sum(x * x, -1, keepdims=True), g, sign, eps, symmetrize, keys)
@@ -283,7 +290,7 @@ class ScaleEq(eqx.Module):
         return out
 
     def rows(self, g: Array, node_vals: Sequence[Array], row_parts: Sequence[Array], offset: int,
-             eps: float, symmetrize: bool, keys: Keys) -> Array:
+             eps: float, symmetrize: bool, keys: DropoutKeys) -> Array:
         """`ScaleEq_G` on rows from `node_vals` (`node_part`, gathered to the rows) and the row
         parts (their columns start at `offset`); `g` the rows' group codes."""
         d = self.gamma.weight.shape[0]
@@ -310,7 +317,7 @@ class ScaleEq(eqx.Module):
         sign = canon_sign(signs) if signs else None
         return total[..., :d] * inv_tail(self.inv, total[..., d:], sq, g, sign, eps, symmetrize, keys)
 
-    def __call__(self, x: Array, g: Array, eps: float, symmetrize: bool, keys: Keys) -> Array:
+    def __call__(self, x: Array, g: Array, eps: float, symmetrize: bool, keys: DropoutKeys) -> Array:
         """`ScaleEq_G(x)` of rows `x` `[..., d_in]` with group codes `g`: `[..., d]`."""
         return self.rows(g, [], [x], 0, eps, symmetrize, keys)
 
