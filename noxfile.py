@@ -182,3 +182,16 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: training-step throughput per backend (table + JSON)."""
     session.install("-r", "requirements-dev.txt")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(name="gpu_check")
+def gpu_check(session: nox.Session) -> None:
+    """The GPU check (`benchmarks/gpu_check.py`): equivariance and parity on the device, the step
+    benchmark at the presets' sizes, two preset epochs; exits nonzero on any failure.
+
+    This session's environment gets the pinned CPU torch, so here the check runs in smoke
+    mode (what CI runs). On a GPU machine run the script in an environment with CUDA builds
+    of torch and jaxlib (docs/install.md): `python benchmarks/gpu_check.py`.
+    """
+    session.install("-r", "requirements-dev.txt")
+    session.run("python", "benchmarks/gpu_check.py", *session.posargs)

@@ -1,8 +1,8 @@
 """Training-step benchmark of scalegmn.jax for one thread count (run by `bench.py`).
 
 Usage: `python benchmarks/bench_jax.py --threads 2 --json out.json [--quick]`.
-Writes a JSON list of rows with the schema of `bench_torch.py` (same configurations,
-batch 64, hidden 128, 4 layers; the step is forward, backward, clipping and AdamW).
+Writes a JSON list of rows with the schema of `bench_torch.py` (same configurations: today's rows at
+batch 64, hidden 128, 4 layers, and the presets' models; the step is forward, backward, clipping, AdamW).
 
 JAX has one mode, `jit` (the whole step is one XLA program; op-by-op execution is not a
 way anyone trains), so the torch mode names `eager` and `compiled` both select it. The
@@ -28,6 +28,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cnn-relu-bidir": {"net": "cnn-relu", "bidirectional": True},
     "cnn-tanh-fwd": {"net": "cnn-tanh", "bidirectional": False},
     "cnn-tanh-bidir": {"net": "cnn-tanh", "bidirectional": True},
+    **benchcommon.PRESET_CONFIGS,
 }
 BATCH = 64
 D_HIDDEN = 128
@@ -69,33 +70,43 @@ def matmul_rate(seconds: float = 1.0) -> float:
     mm = jax.jit(jnp.matmul)
     return benchcommon.rate_loop(lambda: mm(a, b).block_until_ready(), seconds)
 
-def build(name: str, seed: int = 0) -> tuple[Any, Any, Any, Any, Any]:
-    """Config, model, batch, labels and per-example loss of a configuration."""
+def build(name: str, seed: int = 0, batch: int = BATCH,
+          overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any, Any]:
+    """Config, model, batch, labels and per-example loss of a configuration (float32).
+
+    Args:
+        name: a key of `CONFIGS`.
+        seed: seeds the networks, labels and model.
+        batch: networks per batch.
+        overrides: `ScaleGMNConfig` fields to change (for a preset's model: tiny smoke sizes).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
-    from scalegmn.weightgraph import NetworkSpec, random_network
+    from scalegmn.weightgraph import random_network
 
     c = CONFIGS[name]
     rng = np.random.default_rng(seed)
-    if c["net"] == "siren":
-        spec = NetworkSpec.siren((2, 32, 32, 1), output_offset=0.5)
-        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10,
-                             bidirectional=c["bidirectional"])
-        labels = jnp.asarray(rng.integers(0, 10, BATCH))
-        loss: Any = "cross_entropy"
+    spec = benchcommon.bench_spec(c["net"])
+    if "preset" in c:
+        cfg = benchcommon.preset_gmn(c["preset"], **(overrides or {}))
+    elif c["net"] == "siren":
+        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10, bidirectional=c["bidirectional"])
     else:
-        spec = NetworkSpec.small_cnn(activation=c["net"].split("-")[1])
         cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
                              bidirectional=c["bidirectional"])
-        labels = jnp.asarray(rng.random(BATCH), jnp.float32)
+    if c["net"] == "siren":
+        labels = jnp.asarray(rng.integers(0, cfg.d_out, batch))
+        loss: Any = "cross_entropy"
+    else:
+        labels = jnp.asarray(rng.random(batch), jnp.float32)
 
         def loss(y: Any, t: Any) -> Any:
             return (jax.nn.sigmoid(y[:, 0]) - t) ** 2
-    nets = [random_network(spec, rng=seed * 100_000 + k) for k in range(BATCH)]
-    model = ScaleGMN(cfg, key=jax.random.key(seed))
+    nets = [random_network(spec, rng=seed * 100_000 + k) for k in range(batch)]
+    model = ScaleGMN(cfg, key=jax.random.key(seed), dtype=jnp.float32)
     return cfg, model, collate(nets, dtype=jnp.float32), labels, loss
 
 
@@ -130,8 +141,23 @@ def matmul_flops(fn: Any, *args: Any) -> int:
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) -> dict[str, Any]:
-    """Time jit-compiled training steps (forward, backward, AdamW) of one configuration."""
+def device_peak_mb() -> float | None:
+    """Peak memory in use on JAX's first device so far (MB), where the device reports it (GPUs)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float, *, batch: int = BATCH,
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time jit-compiled training steps (forward, backward, AdamW) of one configuration.
+
+    Runs on JAX's default device; the row's `device` names it and `peak_device_mb` is the
+    device's peak memory in use so far in this process (None where the device does not
+    report it, as on the CPU).
+    """
     import equinox as eqx
     import jax
 
@@ -139,7 +165,7 @@ def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) 
     from scalegmn.jax.train import LOSSES
 
     benchcommon.reset_peak()
-    cfg, model, batch, labels, loss = build(name)
+    cfg, model, batch_, labels, loss = build(name, batch=batch, overrides=overrides)
     opt = make_optimizer(lr=1e-4, weight_decay=0.01, warmup_steps=0, clip_norm=10.0)
     state = init_optimizer(opt, model)
     step = make_train_step(cfg, opt, loss=loss)
@@ -147,7 +173,7 @@ def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) 
 
     def run() -> None:
         nonlocal model, state
-        model, state, value = step(model, state, batch, labels, key)
+        model, state, value = step(model, state, batch_, labels, key)
         jax.block_until_ready(value)
 
     warm_s, times = benchcommon.time_steps(run, warmup, repeats)
@@ -155,14 +181,15 @@ def run_config(name: str, threads: int, repeats: int, warmup: int, rate: float) 
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
 
     def objective(params: Any) -> Any:
-        out = forward(params, cfg, batch, key)
+        out = forward(params, cfg, batch_, key)
         assert not isinstance(out, tuple)
         return loss_fn(out, labels).mean()
 
     flops = matmul_flops(eqx.filter_value_and_grad(objective), model.params)
-    return benchcommon.step_row(config=name, backend="jax", threads=threads, mode="jit", batch=BATCH,
-                                times=times, warm_s=warm_s, flops=flops, model_flops=flops, rate=rate,
-                                peak=peak)
+    row = benchcommon.step_row(config=name, backend="jax", threads=threads, mode="jit", batch=batch,
+                               times=times, warm_s=warm_s, flops=flops, model_flops=flops, rate=rate,
+                               peak=peak)
+    return {**row, "device": str(jax.devices()[0]), "peak_device_mb": device_peak_mb()}
 
 
 def main(argv: list[str] | None = None) -> int:

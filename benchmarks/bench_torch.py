@@ -21,6 +21,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cnn-relu-bidir": {"net": "cnn-relu", "bidirectional": True},
     "cnn-tanh-fwd": {"net": "cnn-tanh", "bidirectional": False},
     "cnn-tanh-bidir": {"net": "cnn-tanh", "bidirectional": True},
+    **benchcommon.PRESET_CONFIGS,
 }
 BATCH = 64
 D_HIDDEN = 128
@@ -33,43 +34,61 @@ def machine_info() -> dict[str, Any]:
 
     return benchcommon.machine_info(torch=torch.__version__)
 
-def matmul_rate(threads: int, seconds: float = 1.0) -> float:
-    """The machine's dense float32 matmul rate (GFLOP/s): 1024x1024 products in a loop."""
+def matmul_rate(threads: int, seconds: float = 1.0, device: str = "cpu") -> float:
+    """The device's dense float32 matmul rate (GFLOP/s): 1024x1024 products in a loop."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    out = torch.empty(1024, 1024)
+    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
+    out = torch.empty(1024, 1024, device=device)
+    if torch.device(device).type == "cuda":
+        def product() -> None:
+            torch.mm(a, b, out=out)
+            torch.cuda.synchronize(device)
+
+        return benchcommon.rate_loop(product, seconds)
     return benchcommon.rate_loop(lambda: torch.mm(a, b, out=out), seconds)
 
-def build(name: str, seed: int = 0) -> tuple[Any, Any, Callable[[Any], Any]]:
-    """Model, batch and loss of a configuration."""
+def build(name: str, seed: int = 0, batch: int = BATCH, device: str = "cpu",
+          overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Callable[[Any], Any]]:
+    """Model, batch and loss of a configuration, on `device`.
+
+    Args:
+        name: a key of `CONFIGS`.
+        seed: seeds the networks, targets and model.
+        batch: networks per batch.
+        device: where model, batch and targets live.
+        overrides: `ScaleGMNConfig` fields to change (for a preset's model: tiny smoke sizes).
+    """
     import torch
     import torch.nn.functional as F
 
     from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
-    from scalegmn.weightgraph import NetworkSpec, random_network
+    from scalegmn.weightgraph import random_network
 
     c = CONFIGS[name]
-    if c["net"] == "siren":
-        spec = NetworkSpec.siren((2, 32, 32, 1), output_offset=0.5)
-        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10,
+    spec = benchcommon.bench_spec(c["net"])
+    gen = torch.Generator().manual_seed(seed)
+    if "preset" in c:
+        cfg = benchcommon.preset_gmn(c["preset"], **(overrides or {}))
+    elif c["net"] == "siren":
+        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=10, bidirectional=c["bidirectional"])
+    else:
+        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
                              bidirectional=c["bidirectional"])
-        target = torch.randint(0, 10, (BATCH,), generator=torch.Generator().manual_seed(seed))
+    if c["net"] == "siren":
+        target = torch.randint(0, cfg.d_out, (batch,), generator=gen).to(device)
 
         def loss(y: Any) -> Any:
             return F.cross_entropy(y, target)
     else:
-        spec = NetworkSpec.small_cnn(activation=c["net"].split("-")[1])
-        cfg = ScaleGMNConfig(d_hidden=D_HIDDEN, n_layers=N_LAYERS, d_out=1, d_edge_in=9,
-                             bidirectional=c["bidirectional"])
-        target = torch.rand(BATCH, generator=torch.Generator().manual_seed(seed))
+        target = torch.rand(batch, generator=gen).to(device)
 
         def loss(y: Any) -> Any:
             return F.mse_loss(torch.sigmoid(y[:, 0]), target)
-    nets = [random_network(spec, rng=seed * 100_000 + k) for k in range(BATCH)]
+    nets = [random_network(spec, rng=seed * 100_000 + k) for k in range(batch)]
     torch.manual_seed(seed)
-    return ScaleGMN(cfg), collate(nets), loss
+    return ScaleGMN(cfg).to(device), collate(nets).to(device), loss
 
 
 def _addmm_flop(self_shape: Any, a_shape: Any, b_shape: Any, out_shape: Any = None, **kw: Any) -> int:
@@ -94,32 +113,44 @@ def matmul_flops(model: Any, batch: Any, loss_fn: Callable[[Any], Any], fused: b
 
 
 def run_config(name: str, mode: str, threads: int, repeats: int, warmup: int,
-               rate: float) -> dict[str, Any]:
-    """Time training steps (forward, backward, AdamW) of one configuration and mode."""
+               rate: float, *, batch: int = BATCH, device: str = "cpu",
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time training steps (forward, backward, AdamW) of one configuration and mode.
+
+    On a CUDA device each step ends with a synchronisation (so the time is the step's, not
+    its launch's) and the row gains `device` and `peak_device_mb` (`torch.cuda.max_memory_allocated`).
+    """
     import torch
 
     from scalegmn.torch import compile_model
 
     torch.set_num_threads(threads)
+    cuda = torch.device(device).type == "cuda"
     benchcommon.reset_peak()
-    model, batch, loss_fn = build(name)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    model, graphs, loss_fn = build(name, batch=batch, device=device, overrides=overrides)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     fwd = compile_model(model) if mode == "compiled" else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(fwd(batch))
+        loss = loss_fn(fwd(graphs))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
+        if cuda:
+            torch.cuda.synchronize(device)
 
     warm_s, times = benchcommon.time_steps(step, warmup, repeats)
     peak = benchcommon.peak_mb()
-    model_flops = matmul_flops(model, batch, loss_fn, fused=False)
-    mm_flops = model_flops if mode == "compiled" else matmul_flops(model, batch, loss_fn, fused=True)
-    return benchcommon.step_row(config=name, backend="torch", threads=threads, mode=mode, batch=len(batch),
-                                times=times, warm_s=warm_s, flops=mm_flops, model_flops=model_flops,
-                                rate=rate, peak=peak)
+    peak_device = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    model_flops = matmul_flops(model, graphs, loss_fn, fused=False)
+    mm_flops = model_flops if mode == "compiled" else matmul_flops(model, graphs, loss_fn, fused=True)
+    row = benchcommon.step_row(config=name, backend="torch", threads=threads, mode=mode, batch=len(graphs),
+                               times=times, warm_s=warm_s, flops=mm_flops, model_flops=model_flops,
+                               rate=rate, peak=peak)
+    return {**row, "device": str(device), "peak_device_mb": peak_device}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+PRESET_CONFIGS: dict[str, dict[str, Any]] = {
+    "inr-mnist-scalegmn": {"net": "siren", "preset": "inr-mnist-scalegmn"},
+    "inr-mnist-scalegmn-b": {"net": "siren", "preset": "inr-mnist-scalegmn-b"},
+    "genpred-cifar10gs-relu-scalegmn": {"net": "cnn-relu", "preset": "genpred-cifar10gs-relu-scalegmn"},
+    "genpred-cifar10gs-relu-scalegmn-b": {"net": "cnn-relu", "preset": "genpred-cifar10gs-relu-scalegmn-b"},
+}
+"""Benchmark rows at the paper's model sizes: the model of each preset (`get_preset(name).gmn`)
+on the networks of its data set (DWS MNIST INRs: SIREN 2-32-32-1; CIFAR-10-GS: the Small
+CNN Zoo's ReLU CNNs), so that comparisons with the original implementation are at equal size."""
+
+
+def bench_spec(net: str) -> Any:
+    """The architecture of a benchmark's input networks: `siren` or `cnn-<activation>`."""
+    from scalegmn.weightgraph import NetworkSpec
+
+    if net == "siren":
+        return NetworkSpec.siren((2, 32, 32, 1), output_offset=0.5)
+    return NetworkSpec.small_cnn(activation=net.split("-")[1])
+
+
+def preset_gmn(name: str, **overrides: Any) -> Any:
+    """The `ScaleGMNConfig` of preset `name`, with `overrides` (e.g. tiny widths for a smoke run)."""
+    from scalegmn.tasks.presets import get_preset
+
+    gmn = get_preset(name).gmn
+    return type(gmn).model_validate({**gmn.model_dump(), **overrides}) if overrides else gmn
+
 
 def machine_info(**versions: str) -> dict[str, Any]:
     """CPU model, cores, load average, Python and the given library versions, allocator."""

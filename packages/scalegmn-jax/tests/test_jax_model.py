@@ -138,6 +138,33 @@ def test_checkpoint_round_trip(tmp_path):
         load_checkpoint(tmp_path / "bad")
 
 
+def test_checkpoint_checksum_dtype_and_finiteness(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from scalegmn.jax import CheckpointError
+    from scalegmn.weightgraph.checkpoint import CHECKSUM_FILE
+    from scalegmn.weightgraph.io import sha256_file
+
+    path = save_checkpoint(_model(), tmp_path / "ckpt")
+    w = path / "model.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-3] ^= 0x55
+    w.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
+    for edit, needle in ((lambda a: np.full_like(a, np.nan), "NaN"), (lambda a: a.astype(np.int32), "dtype int32")):
+        path = save_checkpoint(_model(), tmp_path / "ckpt")
+        load_checkpoint(path)  # control
+        arrays = load_file(str(w))
+        name = sorted(arrays)[0]
+        arrays[name] = edit(arrays[name])
+        save_file(arrays, str(w))
+        (path / CHECKSUM_FILE).write_text(
+            "".join(f"{sha256_file(path / n)}  {n}\n" for n in ("config.json", "model.safetensors")))
+        with pytest.raises(CheckpointError, match=f"parameter {name} .*{needle}"):
+            load_checkpoint(path)
+
+
 def test_float32_invariance():
     model = ScaleGMN(ScaleGMNConfig(d_hidden=6, n_layers=2, d_out=3), key=jax.random.key(0))
     net = random_network(_spec("mlp", "relu"), 0, dtype=np.float32)

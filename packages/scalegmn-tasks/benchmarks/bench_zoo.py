@@ -107,7 +107,7 @@ def bench_loading(batch_size: int, repeat: int) -> list[dict]:
         rng = np.random.default_rng(0)
         idx = lambda: rng.choice(len(ds), batch_size, replace=False)  # noqa: E731
         cold = open_zoo(Path(tmp) / "z", "all", cache=False)
-        rows.append({"case": f"fetch {batch_size} networks (memory-mapped, no cache)",
+        rows.append({"case": f"fetch {batch_size} networks (from shards read on first use, no cache)",
                      "ms": round(1e3 * _time(lambda: cold.batch(idx()), repeat), 3)})
         ds.networks(range(len(ds)))
         rows.append({"case": f"fetch {batch_size} networks (cached)",

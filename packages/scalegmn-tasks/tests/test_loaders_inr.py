@@ -13,17 +13,13 @@ import torch
 from scalegmn.tasks.datasets import DataError
 from scalegmn.tasks.datasets.dws import load_dws_inrs
 from scalegmn.tasks.datasets.nfn import load_nfn_cifar_inrs
+from scalegmn.tasks.datasets.testing import (
+    siren_state_dict,
+    write_dws_mnist,
+    write_dws_splits_json,
+    write_nfn_cifar,
+)
 from scalegmn.weightgraph import forward
-
-
-def _siren_state_dict(rng, out=1, nan=False, hidden=32):
-    sd = {}
-    for k, (a, b) in enumerate([(2, hidden), (hidden, hidden), (hidden, out)]):
-        sd[f"seq.{k}.weight"] = torch.from_numpy(rng.normal(0, 0.1, (b, a)).astype(np.float32))
-        sd[f"seq.{k}.bias"] = torch.from_numpy(rng.normal(0, 0.1, b).astype(np.float32))
-    if nan:
-        sd["seq.1.weight"][3, 4] = float("nan")
-    return sd
 
 
 def _reference(sd, x, offset):
@@ -38,17 +34,7 @@ def _reference(sd, x, offset):
 
 @pytest.fixture()
 def mnist_root(tmp_path):
-    rng = np.random.default_rng(0)
-    sds = {}
-    for kind, n in (("training", 8), ("testing", 3)):
-        for idx in range(n):
-            label = (idx * 3 + (kind == "testing")) % 10
-            d = tmp_path / f"mnist_png_{kind}_{label}_{idx}" / "checkpoints"
-            d.mkdir(parents=True)
-            sd = _siren_state_dict(rng)
-            torch.save(sd, d / "model_final.pth")
-            sds[(kind, idx)] = (label, sd)
-    return tmp_path, sds
+    return tmp_path, write_dws_mnist(tmp_path, n_train=8, n_test=3, seed=0)
 
 
 def test_dws_mnist_splits_labels_and_function(mnist_root):
@@ -75,19 +61,9 @@ def test_dws_mnist_splits_labels_and_function(mnist_root):
 
 
 def test_fmnist_splits_json_and_labels_in_state_dict(tmp_path):
-    rng = np.random.default_rng(2)
-    listing = {"train": [], "val": [], "test": []}
-    want = {}
-    for k, split in enumerate(["train"] * 4 + ["val"] * 2 + ["test"] * 2):
-        d = tmp_path / f"fmnist_inr_{k}"
-        d.mkdir()
-        sd = _siren_state_dict(rng)
-        sd["label"] = torch.tensor(k % 10)
-        torch.save(sd, d / "model.pth")
-        # the published file lists paths of the machine it was made on
-        listing[split].append(f"/data/elsewhere/fmnist_inrs/fmnist_inr_{k}/model.pth")
-        want[f"fmnist_inr_{k}"] = (k % 10, sd)
-    (tmp_path / "splits.json").write_text(json.dumps(listing))
+    # the published file lists paths of the machine it was made on
+    want = write_dws_splits_json(tmp_path, counts=(4, 2, 2), seed=2)
+    assert json.loads((tmp_path / "splits.json").read_text())["test"][0].startswith("/data/elsewhere/")
     x = np.random.default_rng(3).uniform(-1, 1, (10, 2)).astype(np.float32)
     for split, n in (("train", 4), ("val", 2), ("test", 2)):
         ds = load_dws_inrs(tmp_path, split)
@@ -101,7 +77,7 @@ def test_fmnist_splits_json_and_labels_in_state_dict(tmp_path):
 
 
 def test_label_disagreement_is_an_error_not_a_silent_label(tmp_path):
-    sd = _siren_state_dict(np.random.default_rng(0))
+    sd = siren_state_dict(np.random.default_rng(0))
     sd["label"] = torch.tensor(3)
     torch.save(sd, tmp_path / "a.pth")
     (tmp_path / "s.json").write_text(json.dumps({"train": {"path": ["a.pth"], "label": [4]}}))
@@ -118,7 +94,7 @@ def test_bad_files_raise_or_are_skipped(tmp_path):
         if name == "corrupt":
             (d / "m.pth").write_bytes(b"\x80\x04not really a torch file")
         elif name != "missing":
-            sd = _siren_state_dict(rng, nan=name == "nan", hidden=16 if name == "wrongshape" else 32)
+            sd = siren_state_dict(rng, nan=name == "nan", hidden=16 if name == "wrongshape" else 32)
             sd["label"] = torch.tensor(1)
             torch.save(sd, d / "m.pth")
     (tmp_path / "splits.json").write_text(json.dumps({"train": [f"{n}/m.pth" for n in names[:5]],
@@ -171,27 +147,15 @@ def test_cache_is_used_and_equal(mnist_root, tmp_path, monkeypatch):
         assert first[i][0].equals(second[i][0]) and first[i][1] == second[i][1]
     # a changed file invalidates the cache
     f = next(root.glob("mnist_png_testing_*_0/checkpoints/model_final.pth"))
-    torch.save(_siren_state_dict(np.random.default_rng(9)), f)
+    torch.save(siren_state_dict(np.random.default_rng(9)), f)
     with pytest.raises(AssertionError, match="cache should have been used"):
         load_dws_inrs(root, "test", cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture()
 def cifar_root(tmp_path):
-    rng = np.random.default_rng(5)
-    sds = {}
-    for idx in range(10):
-        label = idx % 3
-        for prefix in ("randinit_smaller", "randinit_smaller_aug0", "randinit_smaller_aug1"):
-            if prefix != "randinit_smaller" and idx >= 6:
-                continue
-            d = tmp_path / f"{prefix}_{label}s"
-            d.mkdir(exist_ok=True)
-            sd = _siren_state_dict(rng, out=3)
-            # NFN's files name their layers differently; the loader takes them in file order
-            torch.save({k.replace("seq.", "net.").replace(".weight", ".linear.weight")
-                         .replace(".bias", ".linear.bias"): v for k, v in sd.items()}, d / f"net{idx}.pth")
-            sds[(prefix, idx)] = (label, sd)
+    # NFN's files name their layers differently; the loader takes them in file order
+    sds = write_nfn_cifar(tmp_path, n=10, n_aug=2, aug_below=6, n_labels=3, seed=5)
     (tmp_path / "randinit_smaller_0s" / "notes.txt").write_text("ignored")
     return tmp_path, sds
 
@@ -227,3 +191,21 @@ def test_nfn_duplicate_index_is_refused(cifar_root):
     torch.save(sds[("randinit_smaller", 1)][1], root / "randinit_smaller_0s" / "net1.pth")
     with pytest.raises(DataError, match="index 1 appears twice"):
         load_nfn_cifar_inrs(root, "train", split_points=(6, 8))
+
+
+def test_tampered_cache_is_rebuilt_not_served(mnist_root, tmp_path):
+    root, _ = mnist_root
+    first = load_dws_inrs(root, "test", cache_dir=tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("*.safetensors")
+    raw = bytearray(cache.read_bytes())
+    raw[-9] ^= 0x40  # inside the arrays: still a valid safetensors file
+    cache.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=rf"loader cache refused, rebuilding .*{cache.name}: checksum mismatch"):
+        again = load_dws_inrs(root, "test", cache_dir=tmp_path / "cache")
+    for i in range(len(first)):
+        assert first[i][0].equals(again[i][0]) and first[i][1] == again[i][1]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt cache is sound again
+        load_dws_inrs(root, "test", cache_dir=tmp_path / "cache")

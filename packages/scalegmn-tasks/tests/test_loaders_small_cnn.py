@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import random
 
 import numpy as np
@@ -12,51 +9,14 @@ import pytest
 
 from scalegmn.tasks.datasets import DataError
 from scalegmn.tasks.datasets.small_cnn import load_small_cnn_zoo
+from scalegmn.tasks.datasets.testing import SMALL_CNN_PARAMS, SMALL_CNN_VARS, write_small_cnn_zoo
 from scalegmn.weightgraph import forward
-
-VARS = [("sequential/conv2d/kernel:0", (3, 3, 1, 16)), ("sequential/conv2d/bias:0", (16,)),
-        ("sequential/conv2d_1/kernel:0", (3, 3, 16, 16)), ("sequential/conv2d_1/bias:0", (16,)),
-        ("sequential/conv2d_2/kernel:0", (3, 3, 16, 16)), ("sequential/conv2d_2/bias:0", (16,)),
-        ("sequential/dense/kernel:0", (16, 10)), ("sequential/dense/bias:0", (10,))]
-N_PARAMS = 4970
-
-
-def _write_zoo(root, n_runs=12, steps=(0, 86), nan_row=None, split=True, seed=0):
-    rng = np.random.default_rng(seed)
-    rows, metrics = [], []
-    for run in range(n_runs):
-        act = "relu" if run % 3 else "tanh"
-        for step in steps:
-            rows.append(rng.normal(0, 0.3, N_PARAMS).astype(np.float32))
-            metrics.append({"step": step, "test_accuracy": round(float(rng.uniform(0.1, 0.6)), 6),
-                            "config.activation": act, "config.optimizer": "adam",
-                            "train_accuracy": 0.5, "run": run})
-    w = np.stack(rows)
-    if nan_row is not None:
-        w[nan_row, 100] = np.nan
-    np.save(root / "weights.npy", w)
-    with open(root / "layout.csv", "w") as f:
-        f.write("varname,start_idx,end_idx,shape\n")
-        start = 0
-        for name, shape in VARS:
-            end = start + int(np.prod(shape))
-            f.write(f'{name},{start},{end},"{shape}"\n')
-            start = end
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=list(metrics[0]))
-    wr.writeheader()
-    wr.writerows(metrics)
-    (root / "metrics.csv.gz").write_bytes(gzip.compress(buf.getvalue().encode()))
-    perm = rng.permutation(len(rows)) if split else None
-    if split:
-        (root / "cifar10_split.csv").write_text("".join(f"{p}\n" for p in perm))
-    return w, metrics, perm
 
 
 def _tf_forward(row, x_nhwc, act):
     """The stored network evaluated straight from its TensorFlow-layout row (NHWC, SAME, stride 2)."""
     params, start = {}, 0
-    for name, shape in VARS:
+    for name, shape in SMALL_CNN_VARS:
         end = start + int(np.prod(shape))
         params[name] = row[start:end].reshape(shape).astype(np.float64)
         start = end
@@ -93,7 +53,7 @@ def _protocol(perm, metrics, split, activation=None):
 
 
 def test_loaded_cnn_computes_what_the_stored_one_computes(tmp_path):
-    w, metrics, _ = _write_zoo(tmp_path)
+    w, metrics, _ = write_small_cnn_zoo(tmp_path)
     ds = load_small_cnn_zoo(tmp_path, "all", step=None, split_file="none")
     assert len(ds) == 24
     x = np.random.default_rng(1).normal(size=(3, 32, 32, 1))
@@ -117,7 +77,7 @@ def test_loaded_cnn_computes_what_the_stored_one_computes(tmp_path):
 @pytest.mark.parametrize("activation", [None, "relu", "tanh"])
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_split_protocol(tmp_path, split, activation):
-    _w, metrics, perm = _write_zoo(tmp_path, n_runs=40)
+    _w, metrics, perm = write_small_cnn_zoo(tmp_path, n_runs=40)
     ds = load_small_cnn_zoo(tmp_path, split, activation=activation)
     assert ds.columns["row"].tolist() == _protocol(perm, metrics, split, activation)
     assert np.all(ds.columns["step"] == 86)
@@ -127,14 +87,14 @@ def test_split_protocol(tmp_path, split, activation):
 
 
 def test_splits_partition_the_final_rows(tmp_path):
-    _, _metrics, _ = _write_zoo(tmp_path, n_runs=40)
+    _, _metrics, _ = write_small_cnn_zoo(tmp_path, n_runs=40)
     rows = [set(load_small_cnn_zoo(tmp_path, s).columns["row"].tolist()) for s in ("train", "val", "test")]
     assert sum(len(r) for r in rows) == 40 and not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
     assert [len(r) for r in rows] == [16, 4, 20]
 
 
 def test_nan_rows_raise_or_are_skipped(tmp_path):
-    _write_zoo(tmp_path, n_runs=6, steps=(86,), nan_row=4, split=False)
+    write_small_cnn_zoo(tmp_path, n_runs=6, steps=(86,), nan_row=4, split=False)
     with pytest.raises(DataError, match=r"weights\.npy, row 4: non-finite"):
         load_small_cnn_zoo(tmp_path, "all")
     ds = load_small_cnn_zoo(tmp_path, "all", on_error="skip")
@@ -142,7 +102,7 @@ def test_nan_rows_raise_or_are_skipped(tmp_path):
 
 
 def test_bad_files_are_named(tmp_path):
-    _write_zoo(tmp_path, n_runs=4, steps=(86,))
+    write_small_cnn_zoo(tmp_path, n_runs=4, steps=(86,))
     (tmp_path / "cifar10_split.csv").write_text("0\n1\n1\n3\n")
     with pytest.raises(DataError, match="row id 1 appears more than once"):
         load_small_cnn_zoo(tmp_path, "all")
@@ -154,8 +114,8 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "layout.csv").write_text(text)
     with pytest.raises(DataError, match=r"layout\.csv"):
         load_small_cnn_zoo(tmp_path, "all")
-    _write_zoo(tmp_path, n_runs=4, steps=(86,), split=False)
-    np.save(tmp_path / "weights.npy", np.zeros((3, N_PARAMS), np.float32))
+    write_small_cnn_zoo(tmp_path, n_runs=4, steps=(86,), split=False)
+    np.save(tmp_path / "weights.npy", np.zeros((3, SMALL_CNN_PARAMS), np.float32))
     with pytest.raises(DataError, match="has 4 rows but"):
         load_small_cnn_zoo(tmp_path, "all")
     (tmp_path / "metrics.csv.gz").write_bytes(b"garbage")

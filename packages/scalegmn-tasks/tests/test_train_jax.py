@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("equinox")
 
-from scalegmn.tasks import train_jax
 from scalegmn.tasks.cli import app
+from scalegmn.tasks.run.backends.jax import JaxBackend
 from scalegmn.tasks.train import STATE_FILE, RunConfig, TrainError, evaluate_run, train_run
 from scalegmn.weightgraph import ScaleGMNConfig
 
@@ -71,13 +71,14 @@ def test_a_killed_jax_run_resumes_exactly(resumed_runs):
 def test_resume_without_the_optimiser_state_differs(resumed_runs, monkeypatch):
     """Negative control: resuming with a fresh AdamW state does not give the uninterrupted run."""
     cfg, tmp, _, _ = resumed_runs
-    load = train_jax._load_state
+    load = JaxBackend.load_state
 
-    def fresh_optimiser(path, model, opt_state, rng):
-        model, _, meta = load(path, model, opt_state, rng)
-        return model, opt_state, meta
+    def fresh_optimiser(self, tensors, info, path):
+        fresh = self.opt_state
+        load(self, tensors, info, path)
+        self.opt_state = fresh
 
-    monkeypatch.setattr(train_jax, "_load_state", fresh_optimiser)
+    monkeypatch.setattr(JaxBackend, "load_state", fresh_optimiser)
     train_run(cfg, out=tmp / "killed", resume=True, progress=False)
     a, b = _state(tmp / "full"), _state(tmp / "killed")
     assert any(not np.allclose(a[k], b[k], rtol=1e-6) for k in a if k.startswith("model."))

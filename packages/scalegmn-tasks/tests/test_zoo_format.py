@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 from scalegmn.tasks.datasets import open_zoo
 from scalegmn.tasks.zoo import Manifest, ShardTask, Zoo, ZooError, run_build, write_shard
-from scalegmn.tasks.zoo.store import memmap_safetensors, read_manifest
+from scalegmn.tasks.zoo.store import read_manifest, read_safetensors
 from scalegmn.weightgraph import NetworkSpec, forward, random_network
 
 TINY = NetworkSpec.mlp([2, 3, 1], activation="tanh")
@@ -62,10 +62,11 @@ def test_round_trip_and_forward(tmp_path):
     assert manifest.split_counts == {"train": 40, "val": 0, "test": 10}
 
 
-def test_memmap_reader_matches_safetensors(tmp_path):
+def test_reader_matches_safetensors(tmp_path):
     _build(tmp_path / "z", n=10, shard=10)
     path = tmp_path / "z" / "shards" / "shard-00000.safetensors"
-    ours, ref = memmap_safetensors(path), load_file(path)
+    (ours, meta), ref = read_safetensors(path), load_file(path)
+    assert meta["start"] == 0 and meta["count"] == 10 and NetworkSpec.model_validate(meta["spec"]) == TINY
     assert set(ours) == set(ref)
     for k in ref:
         assert ours[k].dtype == ref[k].dtype
@@ -192,3 +193,17 @@ def test_non_finite_parameters_are_refused_at_write(tmp_path):
     with pytest.raises(ZooError, match=r"w0 of networks \[10, 11\] is not finite"):
         write_shard(tmp_path, 0, 0, TINY, 10, ws, bs, cols)
     assert not list(tmp_path.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_zoo_build_options_refuse_non_finite_numbers(bad):
+    from pydantic import ValidationError
+
+    from scalegmn.tasks.zoo.cnn import CNNZooOptions
+    from scalegmn.tasks.zoo.inr import INRZooOptions
+
+    INRZooOptions(output_offset=0.25)  # control
+    with pytest.raises(ValidationError, match="output_offset"):
+        INRZooOptions(output_offset=bad)
+    with pytest.raises(ValidationError, match="lr_range"):
+        CNNZooOptions(lr_range=(1e-3, bad))

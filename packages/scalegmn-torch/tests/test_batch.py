@@ -8,7 +8,7 @@ import torch
 from torch_testutil import mixed_specs, nets, spec_for
 
 from scalegmn.torch import BatchError, DenseGraphs, SparseGraphs, collate, to_networks
-from scalegmn.weightgraph import NetworkSpec, to_graph
+from scalegmn.weightgraph import GroupKind, NetworkSpec, to_graph
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "flatten"])
@@ -44,8 +44,8 @@ def test_groups_are_read_from_activations() -> None:
     b = collate(nets(spec, 1) + nets(mixed, 1), torch.float64)
     assert isinstance(b, DenseGraphs)
     # inputs trivial; layer 1 relu (scale) in both; layer 2 relu vs tanh; outputs trivial
-    assert b.layer_codes == (0, 1, None, 0)
-    assert b.node_group[:, 5].tolist() == [1, 2]
+    assert b.layer_codes == (GroupKind.PERMUTATION, GroupKind.SCALE, None, GroupKind.PERMUTATION)
+    assert b.node_group[:, 5].tolist() == [GroupKind.SCALE, GroupKind.SIGN]
 
 
 def test_hetero_dense_batch_keeps_each_spec() -> None:

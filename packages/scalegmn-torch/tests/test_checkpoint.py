@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from torch_testutil import make_model, nets, small_config, spec_for
 
 from scalegmn.torch import CheckpointError, ScaleGMN, collate, load_checkpoint, save_checkpoint
+from scalegmn.weightgraph.checkpoint import CHECKSUM_FILE
+from scalegmn.weightgraph.io import sha256_file
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -19,7 +21,7 @@ from scalegmn.torch import CheckpointError, ScaleGMN, collate, load_checkpoint, 
 def test_round_trip(tmp_path: Path, dtype: torch.dtype, cfg: dict) -> None:
     m = make_model(small_config(**cfg), dtype=dtype)
     path = save_checkpoint(m, tmp_path / "ckpt")
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["SHA256SUMS", "config.json", "model.safetensors"]
     back = load_checkpoint(path)
     assert back.config == m.config
     assert next(back.parameters()).dtype == dtype
@@ -55,6 +57,12 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
+def _resum(path: Path) -> None:
+    """Refresh SHA256SUMS after editing a checkpoint, so the checks behind the checksum are reached."""
+    (path / CHECKSUM_FILE).write_text(
+        "".join(f"{sha256_file(path / n)}  {n}\n" for n in ("config.json", "model.safetensors")))
+
+
 def test_bad_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"config\.json"):
         load_checkpoint(tmp_path)
@@ -62,13 +70,16 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
     tensors = load_file(str(path / "model.safetensors"))
     tensors.pop("node_proj.weight")
     save_file(tensors, str(path / "model.safetensors"))
+    _resum(path)
     with pytest.raises(CheckpointError, match=r"node_proj\.weight"):
         load_checkpoint(path)
     tensors["node_proj.weight"] = torch.zeros(3, 3)
     save_file(tensors, str(path / "model.safetensors"))
+    _resum(path)
     with pytest.raises(CheckpointError, match="shape"):
         load_checkpoint(path)
     (path / "config.json").write_text("{not json")
+    _resum(path)
     with pytest.raises(CheckpointError, match="invalid config"):
         load_checkpoint(path)
     with pytest.raises(TypeError, match="ScaleGMN"):
@@ -79,5 +90,43 @@ def test_loading_never_unpickles(tmp_path: Path) -> None:
     """A pickle placed where the weights should be is rejected, not executed."""
     path = save_checkpoint(ScaleGMN(small_config()), tmp_path / "c")
     torch.save({"x": torch.zeros(1)}, path / "model.safetensors")
+    _resum(path)
     with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_checkpoint(path)
+
+
+def test_flipped_bytes_are_refused_by_the_checksum(tmp_path: Path) -> None:
+    path = save_checkpoint(ScaleGMN(small_config()), tmp_path / "c")
+    load_checkpoint(path)  # control: the untouched checkpoint loads
+    w = path / "model.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-5] ^= 0xFF  # a parameter's byte: the file stays valid safetensors
+    w.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: checksum mismatch"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda t: t.fill_(float("nan")), "NaN or infinite"),
+    (lambda t: t.to(torch.int32), "dtype torch.int32"),
+])
+def test_nan_and_integer_parameters_are_refused(tmp_path: Path, edit, needle) -> None:
+    path = save_checkpoint(ScaleGMN(small_config()), tmp_path / "c")
+    tensors = load_file(str(path / "model.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = edit(tensors[name].clone())
+    save_file(tensors, str(path / "model.safetensors"))
+    _resum(path)  # a consistent checksum: the values themselves are checked
+    with pytest.raises(CheckpointError, match=f"parameter {name} .*{needle}") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_checkpoint_without_checksums_loads_with_a_warning(tmp_path: Path) -> None:
+    path = save_checkpoint(ScaleGMN(small_config()), tmp_path / "c")
+    (path / CHECKSUM_FILE).unlink()
+    with pytest.warns(UserWarning, match="no SHA256SUMS"):
+        load_checkpoint(path)
+    (path / CHECKSUM_FILE).write_text("garbage\n")
+    with pytest.raises(CheckpointError, match="malformed line"):
         load_checkpoint(path)

@@ -16,10 +16,11 @@ from torch import Tensor
 from torch_testutil import make_model, mixed_specs, nets, rel_err, small_config, spec_for
 
 from scalegmn.torch import collate
-from scalegmn.weightgraph import Network, activation_group, to_graph
+from scalegmn.weightgraph import GroupKind, Network, group_kind, to_graph
 
 ACT = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu, "tanh": torch.tanh}
-CODE = {"permutation": 0, "scale": 1, "sign": 2, "nonzero": 3}
+CONTINUOUS = (GroupKind.SCALE, GroupKind.NONZERO)
+FLIPS = (GroupKind.SIGN, GroupKind.NONZERO)
 
 
 def mlp(P: dict[str, Tensor], name: str, x: Tensor, cfg) -> Tensor:  # type: ignore[no-untyped-def]
@@ -36,8 +37,8 @@ def mlp(P: dict[str, Tensor], name: str, x: Tensor, cfg) -> Tensor:  # type: ign
 def scale_inv(P, name, x, g, cfg):  # type: ignore[no-untyped-def]
     out = []
     for row, gi in zip(x, g.tolist(), strict=True):
-        u = row / max(row.norm(), cfg.norm_eps) if gi in (1, 3) else row
-        if gi in (2, 3):
+        u = row / max(row.norm(), cfg.norm_eps) if gi in CONTINUOUS else row
+        if gi in FLIPS:
             if cfg.sign_canon == "symmetrize":
                 out.append(mlp(P, name, u, cfg) + mlp(P, name, -u, cfg))
             else:
@@ -67,11 +68,11 @@ def reference(model, networks: list[Network]) -> Tensor | tuple[list[Tensor], li
         role = torch.tensor(lay.node_role)
         pos, lyr = torch.tensor(lay.node_pos), torch.tensor(lay.node_layer)
         src, dst = (torch.tensor(a) for a in lay.edge_index)
-        grp = torch.zeros(len(role), dtype=torch.long)
+        grp = torch.full((len(role),), GroupKind.PERMUTATION, dtype=torch.long)
         for i in range(len(role)):
             if role[i] == 1:
-                auto = CODE[activation_group(spec.layers[int(lyr[i]) - 1].activation)]
-                grp[i] = {"permutation": 0, "auto": auto, "hetero": auto}.get(cfg.symmetry, CODE.get(cfg.symmetry, 0))
+                auto = group_kind(spec.layers[int(lyr[i]) - 1].activation)
+                grp[i] = auto if cfg.symmetry in ("auto", "hetero") else GroupKind.from_label(cfg.symmetry)
         xin = torch.where((role == 0)[:, None], torch.full_like(x, cfg.input_node_value), x)
         h = F.linear(xin, P["node_proj.weight"])
         xe_pad = F.pad(xe, (0, cfg.d_edge_in - xe.shape[1]))
@@ -103,7 +104,7 @@ def reference(model, networks: list[Network]) -> Tensor | tuple[list[Tensor], li
             if cfg.bidirectional:
                 rb = F.linear(h[dst], P[f"{pre}.bwd.rescale.a.weight"]) * F.linear(e, P[f"{pre}.bwd.rescale.b.weight"])
                 n = h.square().sum(-1)
-                cont = (grp == 1) | (grp == 3)
+                cont = (grp == GroupKind.SCALE) | (grp == GroupKind.NONZERO)
                 c = torch.where(cont[src], n[src], 1.0) / torch.where(
                     cont[dst], n[dst].clamp_min(cfg.norm_eps**2), 1.0)
                 rb = rb * c[:, None]

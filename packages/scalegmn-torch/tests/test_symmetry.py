@@ -16,29 +16,27 @@ from hypothesis import strategies as st
 from torch_testutil import (
     DTYPES,
     RTOL,
-    act,
     edit_fn,
     invariant_fn,
-    inverse,
     make_model,
     naive_bidirectional,
-    net_rel_err,
     nets,
     rel_err,
-    sample_element,
     small_config,
     spec_for,
 )
 
+from scalegmn.symmetry import GroupElement, act, sample_element
+from scalegmn.symmetry.testing import equivariance_error as symmetry_error
 from scalegmn.torch import collate
-from scalegmn.weightgraph import Network, NetworkSpec
+from scalegmn.weightgraph import Network, NetworkSpec, forward
 
 MODE_ACTIVATIONS = {
     "scale": ["relu", "leaky_relu"],
-    "sign": ["tanh", "sine"],
+    "sign": ["tanh", "sine", "hardtanh", "softsign"],
     "nonzero": ["identity"],
-    "auto": ["relu", "tanh", "identity", "gelu", "sine", "mixed"],
-    "permutation": ["relu", "tanh", "gelu"],
+    "auto": ["relu", "tanh", "identity", "gelu", "sine", "mixed", "hardtanh", "softsign", "relu6"],
+    "permutation": ["relu", "tanh", "gelu", "relu6"],
 }
 
 
@@ -52,12 +50,12 @@ def _spec(kind: str, activation: str) -> NetworkSpec:
     return spec_for(kind, activation)
 
 
-def invariance_error(f, net: Network, element) -> float:  # type: ignore[no-untyped-def]
-    return rel_err(f(act(element, net)), f(net))
+def invariance_error(f, net: Network, element: GroupElement) -> float:  # type: ignore[no-untyped-def]
+    return symmetry_error(f, net, element, "invariant")
 
 
-def equivariance_error(f, net: Network, element) -> float:  # type: ignore[no-untyped-def]
-    return net_rel_err(act(inverse(element), f(act(element, net))), f(net))
+def equivariance_error(f, net: Network, element: GroupElement) -> float:  # type: ignore[no-untyped-def]
+    return symmetry_error(f, net, element, "equivariant")
 
 
 cases = st.fixed_dictionaries({
@@ -167,5 +165,39 @@ def test_element_outside_the_group_is_caught() -> None:
     net = nets(spec_for("mlp", "relu"), 1)[0]
     f = invariant_fn(make_model(small_config(symmetry="scale")), torch.float64)
     bad = sample_element(net.spec, rng, permute=False, group="nonzero")
-    assert any((q < 0).any() for _, q in bad)
+    assert any((q < 0).any() for q in bad.multipliers)
     assert invariance_error(f, net, bad) > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "flatten"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_new_activations_keep_their_symmetry_and_only_it(kind: str, bidirectional: bool) -> None:
+    """hardtanh and softsign admit sign flips, relu6 only permutations; the auto model is
+    invariant to those, and (negative control) positive scalings, which are not symmetries
+    of these networks, move both their function and the model's output."""
+    rng = np.random.default_rng(4)
+    model = make_model(small_config(bidirectional=bidirectional))
+    f = invariant_fn(model, torch.float64)
+    for activation in ("hardtanh", "softsign", "relu6"):
+        net = nets(spec_for(kind, activation), 1, seed=5)[0]
+        net = net.replace(weights=[3 * w for w in net.weights])  # past the bounds at 1 and 6
+        element = sample_element(net.spec, rng, extreme=True)
+        assert invariance_error(f, net, element) < 1e-10
+        bad = sample_element(net.spec, rng, permute=False, extreme=True, group="scale")
+        assert not bad.in_group(net.spec)
+        x = np.random.default_rng(0).normal(size=(8, *net.spec.input_shape))
+        assert rel_err(forward(act(bad, net), x), forward(net, x)) > 1e-3, activation
+        assert invariance_error(f, net, bad) > 1e-4, activation
+
+
+def test_sign_flips_of_odd_activations_fool_the_permutation_model() -> None:
+    """Negative control: sign flips keep a hardtanh/softsign network's function, but the GMN
+    baseline (permutations only) does not see through them."""
+    rng = np.random.default_rng(6)
+    auto = invariant_fn(make_model(small_config()), torch.float64)
+    perm = invariant_fn(make_model(small_config(symmetry="permutation")), torch.float64)
+    for activation in ("hardtanh", "softsign"):
+        net = nets(spec_for("mlp", activation), 1)[0]
+        flips = sample_element(net.spec, rng, permute=False)
+        assert invariance_error(auto, net, flips) < 1e-10
+        assert invariance_error(perm, net, flips) > 1e-4, activation

@@ -1,4 +1,8 @@
-"""Shared helpers of the scalegmn.torch tests (model wrappers, networks, comparisons)."""
+"""Shared helpers of the scalegmn.torch tests (model wrappers, networks, comparisons).
+
+Group elements, their action and the equivariance errors come from the public
+`scalegmn.symmetry` and `scalegmn.symmetry.testing`, as users of the library test with them.
+"""
 
 from __future__ import annotations
 
@@ -95,13 +99,6 @@ def rel_err(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
-def net_rel_err(a: Network, b: Network) -> float:
-    """Worst per-layer relative error between the parameters of two networks."""
-    errs = [rel_err(x, y) for x, y in zip(a.weights + a.biases, b.weights + b.biases, strict=True)
-            if np.abs(y).max() > 0]
-    return max(errs)
-
-
 def naive_bidirectional(model: ScaleGMN) -> ScaleGMN:
     """Make `model`'s backward messages the naive `ReScaleEq(h_i, e_ji)` without the factor `c_ji`.
 
@@ -138,63 +135,3 @@ def mixed_specs() -> Sequence[NetworkSpec]:
         NetworkSpec.small_cnn(activation="relu", channels=3, n_conv=2, image_size=8, n_classes=2),
         flatten_cnn_spec("tanh"),
     ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Group action on networks (hidden-neuron permutations and per-neuron multipliers).
-# ---------------------------------------------------------------------------------------------
-
-GroupElement = list[tuple[np.ndarray, np.ndarray]]
-"""Per hidden layer `k = 1..L-1`: `(perm, q)`; new neuron `a` is old neuron `perm[a]` times `q[a]`."""
-
-
-def sample_element(spec: NetworkSpec, rng: np.random.Generator, *, permute: bool = True,
-                   scale: bool = True, extreme: bool = False, group: str | None = None) -> GroupElement:
-    """A random element of the symmetry group of `spec` (or of `group` for every hidden layer)."""
-    from scalegmn.weightgraph import activation_group
-
-    lo, hi = (1e-3, 1e3) if extreme else (0.2, 5.0)
-    out = []
-    for k, layer in enumerate(spec.layers[:-1]):
-        n = spec.widths[k + 1]
-        g = group or activation_group(layer.activation)
-        perm = rng.permutation(n) if permute else np.arange(n)
-        mag = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
-        if extreme:
-            mag[: min(2, n)] = [lo, hi][: min(2, n)]
-        sign = rng.choice([-1.0, 1.0], n)
-        q = {"scale": mag, "sign": sign, "nonzero": sign * mag}.get(g, np.ones(n)) if scale else np.ones(n)
-        out.append((perm, q))
-    return out
-
-
-def inverse(element: GroupElement) -> GroupElement:
-    """The inverse element."""
-    out = []
-    for perm, q in element:
-        inv = np.argsort(perm)
-        out.append((inv, 1.0 / q[inv]))
-    return out
-
-
-def act(element: GroupElement, net: Network) -> Network:
-    """The action on parameters: `W_l <- Q_l P_l W_l P_{l-1}^T Q_{l-1}^{-1}`, `b_l <- Q_l P_l b_l`."""
-    spec = net.spec
-    ws, bs = [], []
-    for i, (w, b) in enumerate(zip(net.weights, net.biases, strict=True)):
-        w, b = np.array(w), np.array(b)
-        flat = i > 0 and i == spec.n_conv and spec.pooling == "flatten"
-        if flat:
-            w = w.reshape(w.shape[0], spec.widths[i], -1)
-        if i < spec.n_layers - 1:
-            perm, q = element[i]
-            w = w[perm] * q.reshape(-1, *([1] * (w.ndim - 1))).astype(w.dtype)
-            b = b[perm] * q.astype(b.dtype)
-        if i > 0:
-            perm, q = element[i - 1]
-            w = w[:, perm] / q.reshape(1, -1, *([1] * (w.ndim - 2))).astype(w.dtype)
-        if flat:
-            w = w.reshape(w.shape[0], -1)
-        ws.append(w)
-        bs.append(b)
-    return Network(spec, ws, bs)

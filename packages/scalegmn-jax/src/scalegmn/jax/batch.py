@@ -20,15 +20,14 @@ from jaxtyping import Array, Bool, Float, Int
 
 import jax.numpy as jnp
 from scalegmn.weightgraph import (
+    GroupKind,
     Network,
     NetworkSpec,
-    activation_group,
+    group_kind,
     layout,
     split_graph_features,
     to_graph_batch,
 )
-
-GROUP_CODE = {"permutation": 0, "scale": 1, "sign": 2, "nonzero": 3}
 
 
 class GraphBatch(eqx.Module):
@@ -36,7 +35,7 @@ class GraphBatch(eqx.Module):
 
     Array fields are a pytree (they can be sharded over devices); `n_graphs` and `specs` are
     static. `node_group` holds each node's group as read from its network's activations
-    (0 trivial, 1 scale, 2 sign, 3 nonzero; input/output nodes 0); the model applies its mode.
+    (a `scalegmn.weightgraph.GroupKind`; input/output nodes `PERMUTATION`); the model applies its mode.
     """
 
     node_features: Float[Array, "N 1"]
@@ -163,11 +162,11 @@ def graph_arrays(networks: Sequence[Network]) -> tuple[dict[str, np.ndarray], tu
         if not isinstance(n, Network):
             raise TypeError(f"item {k} is a {type(n).__name__}, not a scalegmn Network")
     gb = to_graph_batch(networks)
-    group = np.zeros(len(gb.node_role), dtype=np.int64)
+    group = np.full(len(gb.node_role), GroupKind.PERMUTATION, dtype=np.int64)
     hidden = np.nonzero(gb.node_role == 1)[0]
     for i in hidden:
         spec = gb.specs[gb.node_batch[i]]
-        group[i] = GROUP_CODE[activation_group(spec.layers[gb.node_layer[i] - 1].activation)]
+        group[i] = group_kind(spec.layers[gb.node_layer[i] - 1].activation)
     arrays = {
         "node_features": gb.node_features,
         "edge_features": gb.edge_features,

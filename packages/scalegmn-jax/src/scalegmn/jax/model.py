@@ -20,12 +20,14 @@ from jaxtyping import Array, Float
 
 import jax
 import jax.numpy as jnp
-from scalegmn.weightgraph import ScaleGMNConfig
+from scalegmn.weightgraph import GroupKind, ScaleGMNConfig
 
-from .batch import GROUP_CODE, DenseGraphBatch, GraphBatch
+from .batch import DenseGraphBatch, GraphBatch
 from .heads import EquivariantHead, Readout
 from .layer import GMNLayer
 from .nn import DropoutKeys, InitKeys, Linear
+
+_MODE_CODE = {k.label: k for k in GroupKind}
 
 
 def _segment_sum(x: Array, seg: Array, n: int) -> Array:
@@ -213,8 +215,9 @@ class ScaleGMN(eqx.Module):
 
         model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=3), key=jax.random.key(0))
         nets = [random_network(NetworkSpec.mlp([2, 4, 1], "relu"), rng=i, dtype="float32") for i in range(2)]
-        model(collate(nets)).shape               # (2, 3)
-        model.layers[0].fwd.msg.gamma.weight     # "layers.0.fwd.msg.gamma.weight" in model.params
+        assert model(collate(nets)).shape == (2, 3)
+        # a parameter's checkpoint name is its path in the module tree
+        assert model.params["layers.0.fwd.msg.gamma.weight"] is model.layers[0].fwd.msg.gamma.weight
         ```
     """
 
@@ -285,7 +288,8 @@ class ScaleGMN(eqx.Module):
         if cfg.symmetry in ("auto", "hetero"):
             grp = b.node_group
         else:
-            grp = jnp.broadcast_to(jnp.where(role == 1, GROUP_CODE[cfg.symmetry], 0), b.node_group.shape)
+            grp = jnp.broadcast_to(jnp.where(role == 1, _MODE_CODE[cfg.symmetry], GroupKind.PERMUTATION),
+                                   b.node_group.shape)
         x = b.node_features
         h = self.node_proj(jnp.where((role == 0)[:, None], jnp.asarray(cfg.input_node_value, x.dtype), x))
         xe = b.edge_features

@@ -18,6 +18,7 @@ from jaxtyping import Array, Float
 
 import jax
 import jax.numpy as jnp
+from scalegmn.weightgraph import GroupKind
 
 _ACT: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
@@ -28,13 +29,13 @@ _ACT: dict[str, Callable[[Array], Array]] = {
 
 
 def normalises(g: Array) -> Array:
-    """Where group codes `g` have continuous multipliers, which ScaleInv divides out (scale, nonzero)."""
-    return (g == 1) | (g == 3)
+    """Where group codes `g` (`GroupKind`) have continuous multipliers, which ScaleInv divides out."""
+    return (g == GroupKind.SCALE) | (g == GroupKind.NONZERO)
 
 
 def flips(g: Array) -> Array:
-    """Where group codes `g` have sign flips (sign, nonzero)."""
-    return (g == 2) | (g == 3)
+    """Where group codes `g` (`GroupKind`) have sign flips."""
+    return (g == GroupKind.SIGN) | (g == GroupKind.NONZERO)
 
 
 class DropoutKeys:

@@ -151,19 +151,23 @@ def make_train_step(config: ScaleGMNConfig, optimizer: optax.GradientTransformat
         dropout. Compiled with `eqx.filter_jit` once per batch size.
 
     Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from scalegmn.weightgraph import NetworkSpec, random_network
-        >>> from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
-        >>> from scalegmn.jax import init_optimizer, make_optimizer, make_train_step
-        >>> cfg = ScaleGMNConfig(d_hidden=8, n_layers=1, d_out=2)
-        >>> model = ScaleGMN(cfg, key=jax.random.key(0))
-        >>> opt = make_optimizer(lr=1e-3, warmup_steps=10)
-        >>> opt_state = init_optimizer(opt, model)
-        >>> step = make_train_step(cfg, opt)
-        >>> nets = [random_network(NetworkSpec.mlp([2, 4, 1]), rng=i, dtype="float32") for i in range(4)]
-        >>> model, opt_state, loss = step(model, opt_state, collate(nets), jnp.array([0, 1, 0, 1]), jax.random.key(1))
-        >>> loss.shape
-        ()
+        ```python
+        import jax
+        import jax.numpy as jnp
+        from scalegmn.weightgraph import NetworkSpec, random_network
+        from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate
+        from scalegmn.jax import init_optimizer, make_optimizer, make_train_step
+
+        cfg = ScaleGMNConfig(d_hidden=8, n_layers=1, d_out=2)
+        model = ScaleGMN(cfg, key=jax.random.key(0))
+        opt = make_optimizer(lr=1e-3, warmup_steps=10)
+        opt_state = init_optimizer(opt, model)
+        step = make_train_step(cfg, opt)
+        nets = [random_network(NetworkSpec.mlp([2, 4, 1]), rng=i, dtype="float32") for i in range(4)]
+        labels = jnp.array([0, 1, 0, 1])
+        model, opt_state, loss = step(model, opt_state, collate(nets), labels, jax.random.key(1))
+        assert loss.shape == ()  # the batch's mean loss
+        ```
     """
     if isinstance(loss, str) and config.head == "equivariant":
         raise ValueError(f"loss={loss!r} needs an invariant head (outputs [B, d_out]); for the equivariant "

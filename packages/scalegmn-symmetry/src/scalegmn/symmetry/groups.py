@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from scalegmn.weightgraph import NetworkSpec, activation_group
+from scalegmn.weightgraph import GroupKind, NetworkSpec, group_kind
 
 Group = Literal["scale", "sign", "nonzero", "permutation"]
 
@@ -18,14 +18,19 @@ Group = Literal["scale", "sign", "nonzero", "permutation"]
 def group_of(activation: str) -> Group:
     """The multiplier group of a hidden neuron followed by `activation`.
 
-    `"scale"` (q > 0): relu, leaky_relu; `"sign"` (q = +-1): tanh, sine; `"nonzero"`
-    (q != 0): identity; `"permutation"` (q = 1): sigmoid, gelu, silu, softplus, elu.
+    Read from the activation registry (`scalegmn.weightgraph.activations`): `"scale"`
+    (q > 0): relu, leaky_relu; `"sign"` (q = +-1): tanh, sine, hardtanh, softsign;
+    `"nonzero"` (q != 0): identity; `"permutation"` (q = 1): sigmoid, gelu, silu, softplus,
+    elu, relu6.
 
     Example:
-        >>> group_of("relu"), group_of("tanh"), group_of("gelu")
-        ('scale', 'sign', 'permutation')
+        ```python
+        from scalegmn.symmetry import group_of
+
+        assert (group_of("relu"), group_of("tanh"), group_of("relu6")) == ("scale", "sign", "permutation")
+        ```
     """
-    return activation_group(activation)  # type: ignore[return-value]
+    return group_kind(activation).label  # type: ignore[return-value]
 
 
 def layer_groups(spec: NetworkSpec) -> list[Group]:
@@ -145,6 +150,7 @@ def sample_element(
     extreme: bool = False,
     log_range: tuple[float, float] = (-1.0, 1.0),
     phase: bool = False,
+    group: str | None = None,
 ) -> GroupElement:
     """Draw a random element of the symmetry group of `spec`.
 
@@ -158,11 +164,15 @@ def sample_element(
         extreme: widen positive/nonzero multipliers to `[1e-3, 1e3]` and force both ends in.
         log_range: base-10 log range of magnitudes when not extreme.
         phase: add SIREN phase shifts (integers in -2..2) on sine layers.
+        group: draw the multipliers of this group (`"scale"`, `"sign"`, `"nonzero"`,
+            `"permutation"`) on every hidden layer instead of each layer's own: for negative
+            controls, elements outside the network's group (check with `in_group`).
     """
     rng = np.random.default_rng(rng)
     perms, mults, phases = [], [], []
     lo, hi = (-3.0, 3.0) if extreme else log_range
-    for g, act, w in zip(layer_groups(spec), spec.activations[:-1], spec.widths[1:-1], strict=True):
+    groups = layer_groups(spec) if group is None else [GroupKind.from_label(group).label] * (spec.n_layers - 1)
+    for g, act, w in zip(groups, spec.activations[:-1], spec.widths[1:-1], strict=True):
         perms.append(rng.permutation(w).astype(np.int64) if permute else np.arange(w))
         q = np.ones(w)
         if scale:

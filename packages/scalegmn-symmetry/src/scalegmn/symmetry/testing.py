@@ -1,17 +1,23 @@
 """Property-testing tools for metanetworks: hypothesis strategies and equivariance assertions.
 
-Example (a user's own invariant model, tested in ten lines):
+Example:
+    A user's own invariant model, tested in ten lines:
 
-    >>> from hypothesis import given, settings
-    >>> from scalegmn.symmetry import canonicalize
-    >>> from scalegmn.symmetry.testing import networks, specs, assert_invariant
-    >>> def my_model(net):  # any function of canonicalised parameters is invariant
-    ...     return canonicalize(net, sort=True).flat()
-    >>> @settings(max_examples=5, deadline=None)
-    ... @given(networks(specs(activations=("relu", "tanh"))))
-    ... def test_my_model(net):
-    ...     assert_invariant(my_model, net)
-    >>> test_my_model()
+    ```python
+    from hypothesis import given, settings
+    from scalegmn.symmetry import canonicalize
+    from scalegmn.symmetry.testing import networks, specs, assert_invariant
+
+    def my_model(net):  # any function of canonicalised parameters is invariant
+        return canonicalize(net, sort=True).flat()
+
+    @settings(max_examples=5, deadline=None)
+    @given(networks(specs(activations=("relu", "tanh"))))
+    def test_my_model(net):
+        assert_invariant(my_model, net)
+
+    test_my_model()
+    ```
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scalegmn.weightgraph import ScaleGMNConfig
+from scalegmn.weightgraph.io import atomic_write
 
 from .train import RunConfig, train_run
 
@@ -74,7 +75,7 @@ def run_demo(out: str | Path = "scalegmn-demo", quick: bool = False, workers: in
         table.add_row(name, f"{r['test_acc']:.3f}", f"{r['val_acc']:.3f}", str(len(r["history"])), f"{r['seconds']:.0f}")
     console.print(table)
     _plot(results, out / "demo.png")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / "results.json", json.dumps(results, indent=2))
     console.print(f"plot: {out / 'demo.png'}; results: {out / 'results.json'}; total {time.perf_counter() - t0:.0f} s")
     return results
 
@@ -93,7 +94,7 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_title("MNIST INR classification")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120), to_path=True)
+    finally:
+        plt.close(fig)

@@ -23,10 +23,12 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from einops import rearrange
 
 import torch
 from scalegmn.weightgraph import (
     GraphError,
+    GroupKind,
     Network,
     NetworkSpec,
     from_dense_batch,
@@ -48,10 +50,10 @@ class BatchError(ValueError):
 @lru_cache(maxsize=256)
 def _auto_codes(signature: str) -> tuple[int, ...]:
     spec = NetworkSpec.model_validate_json(signature)
-    codes = [0] * spec.widths[0]
+    codes = [int(GroupKind.PERMUTATION)] * spec.widths[0]
     for k, layer in enumerate(spec.layers[:-1]):
         codes += [group_code(layer.activation)] * spec.widths[k + 1]
-    return tuple(codes + [0] * spec.widths[-1])
+    return tuple(codes + [int(GroupKind.PERMUTATION)] * spec.widths[-1])
 
 
 def _shape_key(spec: NetworkSpec) -> str:
@@ -79,7 +81,7 @@ class DenseGraphs:
     Attributes:
         node_features: `[B, N, d_v]` (biases; input nodes hold the collate-time value).
         edge_features: `[B, E, d_e]`, layer blocks in order, target-major inside a layer.
-        node_group: `[B, N]` `"auto"` group codes (0 trivial, 1 scale, 2 sign, 3 nonzero).
+        node_group: `[B, N]` `"auto"` group codes (`scalegmn.weightgraph.GroupKind`).
         node_layer, node_role, node_pos: `[N]`.
         edge_layer: `[E]` weight layer 1..L.
         edge_mask: `[E, d_e]` True where an edge vector holds a weight.
@@ -127,7 +129,7 @@ class DenseGraphs:
         """Edges of weight layer `l` (1..L): a view `[B, n_l, n_{l-1}, c]`."""
         x = self.edge_features if x is None else x
         lo, hi = self.edge_offsets[l - 1], self.edge_offsets[l]
-        return x[:, lo:hi].unflatten(1, (self.widths[l], self.widths[l - 1]))
+        return rearrange(x[:, lo:hi], "b (t s) c -> b t s c", t=self.widths[l], s=self.widths[l - 1])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DenseGraphs:
         """A copy on `device`, features cast to `dtype` (index tensors keep their dtype)."""
@@ -225,20 +227,113 @@ class SparseGraphs:
         return out
 
     def to_pyg(self) -> Any:
-        """The same batch as a `torch_geometric.data.Batch` (extra fields kept by name)."""
+        """The same batch as a `torch_geometric.data.Batch` (extra fields kept by name).
+
+        The result runs through `ScaleGMN.forward_pyg`; `spec` lists each graph's architecture.
+        """
         from torch_geometric.data import Batch
 
-        b = Batch(
-            x=self.node_features,
-            edge_attr=self.edge_features,
-            edge_index=self.edge_index,
-            batch=self.node_batch,
-            ptr=self.node_ptr,
-        )
-        for name in ("edge_batch", "node_group", "node_layer", "node_role", "node_pos",
-                     "edge_layer", "edge_role", "edge_mask"):
-            b[name] = getattr(self, name)
+        b = Batch(batch=self.node_batch, ptr=self.node_ptr, **self._pyg_fields())
+        b["edge_batch"] = self.edge_batch
+        b["spec"] = list(self.specs)
         return b
+
+    def _pyg_fields(self) -> dict[str, Any]:
+        fields = {"x": self.node_features, "edge_attr": self.edge_features,
+                  "edge_index": self.edge_index}
+        fields.update({name: getattr(self, name) for name in _PYG_EXTRA})
+        return fields
+
+
+_PYG_EXTRA = ("node_group", "node_layer", "node_role", "node_pos", "edge_layer", "edge_role",
+              "edge_mask")
+"""Fields of a scalegmn graph in PyG form besides `x`, `edge_attr`, `edge_index`, `spec`."""
+
+
+def to_pyg_data(network: Network, dtype: torch.dtype | None = None, d_edge: int | None = None
+                ) -> Any:
+    """The graph of one network as a `torch_geometric.data.Data`, for PyG datasets and loaders.
+
+    `torch_geometric.data.Batch.from_data_list` (what PyG's `DataLoader` calls) batches these
+    into the input of `ScaleGMN.forward_pyg`.
+
+    Args:
+        network: the network.
+        dtype: floating dtype of the features (default `torch.get_default_dtype()`).
+        d_edge: pad the edge vectors to this length (networks of different kernel sizes
+            share a batch only at one length: use the model's `d_edge_in`).
+
+    Returns:
+        A `Data` with `x` `[N, 1]`, `edge_index` `[2, E]`, `edge_attr` `[E, d_e]`, the
+        per-node and per-edge fields of `SparseGraphs` and the network's `spec`.
+
+    Example:
+        ```python
+        from torch_geometric.loader import DataLoader
+        from scalegmn.weightgraph import NetworkSpec, random_network
+        from scalegmn.torch import to_pyg_data
+
+        nets = [random_network(NetworkSpec.mlp([2, 8, 1]), rng=k) for k in range(8)]
+        loader = DataLoader([to_pyg_data(n) for n in nets], batch_size=4)
+        ```
+    """
+    from torch_geometric.data import Data
+
+    if not isinstance(network, Network):
+        raise TypeError(f"to_pyg_data expects a scalegmn.weightgraph.Network, got {type(network).__name__}")
+    dtype = dtype or torch.get_default_dtype()
+    g = _sparse([network], dtype, d_edge)
+    return Data(spec=network.spec, **g._pyg_fields())
+
+
+def from_pyg(data: Any) -> SparseGraphs:
+    """The `SparseGraphs` of a PyG `Batch` (or one `Data`) of scalegmn graphs.
+
+    Args:
+        data: from `SparseGraphs.to_pyg()`, or `Batch.from_data_list` of `to_pyg_data`.
+
+    Returns:
+        The disjoint union with the same tensors (`x` as `node_features` `[N, 1]`, `edge_attr`
+        as `edge_features` `[E, d_e]`, ...), per-graph offsets recomputed from `batch`.
+
+    Raises:
+        BatchError: a field of a scalegmn graph is missing or does not fit the others.
+    """
+    missing = [k for k in ("x", "edge_attr", "edge_index", "spec", *_PYG_EXTRA)
+               if getattr(data, k, None) is None]
+    if missing:
+        raise BatchError(
+            f"the PyG batch lacks the field(s) {', '.join(missing)} of a scalegmn graph: build "
+            "each Data with scalegmn.torch.to_pyg_data(network)"
+        )
+    spec = data.spec
+    specs = tuple(spec) if isinstance(spec, list | tuple) else (spec,)
+    if not all(isinstance(s, NetworkSpec) for s in specs):
+        raise BatchError("the PyG batch's `spec` field must hold NetworkSpecs (see to_pyg_data)")
+    x, edge_index = data.x, data.edge_index
+    node_batch = getattr(data, "batch", None)
+    if node_batch is None:
+        node_batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    counts = torch.bincount(node_batch, minlength=len(specs))
+    want = torch.tensor([layout(s).n_nodes for s in specs], device=counts.device)
+    if counts.shape != want.shape or not torch.equal(counts, want):
+        raise BatchError(
+            f"the PyG batch has {counts.tolist()} nodes per graph but its specs need "
+            f"{want.tolist()}: keep the batch as PyG's Batch.from_data_list built it"
+        )
+    edge_batch = node_batch[edge_index[0]]
+    zero = counts.new_zeros(1)
+    return SparseGraphs(
+        node_features=x,
+        edge_features=data.edge_attr,
+        edge_index=edge_index,
+        node_batch=node_batch,
+        edge_batch=edge_batch,
+        node_ptr=torch.cat([zero, counts.cumsum(0)]),
+        edge_ptr=torch.cat([zero, torch.bincount(edge_batch, minlength=len(specs)).cumsum(0)]),
+        specs=specs,
+        **{k: data[k] for k in _PYG_EXTRA},
+    )
 
 
 Graphs = DenseGraphs | SparseGraphs
@@ -335,11 +430,11 @@ def _dense(networks: list[Network], dtype: torch.dtype, same_spec: bool) -> Dens
     )
 
 
-def _sparse(networks: list[Network], dtype: torch.dtype) -> SparseGraphs:
+def _sparse(networks: list[Network], dtype: torch.dtype, d_edge: int | None = None) -> SparseGraphs:
     try:
-        gb = to_graph_batch(networks)
-    except GraphError as err:  # pragma: no cover - networks are validated already
-        raise BatchError(str(err)) from err
+        gb = to_graph_batch(networks, d_edge=d_edge)
+    except GraphError as err:  # a `d_edge` below the networks' longest edge vector
+        raise BatchError(str(err)) from None
     codes = np.concatenate([_auto_codes(n.spec.model_dump_json()) for n in networks]).astype(np.int64)
     return SparseGraphs(
         node_features=_t(gb.node_features, dtype),

@@ -14,6 +14,7 @@ from scalegmn.weightgraph.checkpoint import (
     WEIGHTS_FILE,
     CheckpointError,
     check_parameter_shapes,
+    check_parameter_values,
     read_checkpoint_config,
     write_checkpoint_dir,
 )
@@ -57,13 +58,16 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str | N
         device: where to put the parameters.
 
     Raises:
-        CheckpointError: missing files, or parameter names/shapes that do not match the config.
+        CheckpointError: missing files, a checksum mismatch, parameter names/shapes that do not
+            match the config, non-float or non-finite parameters.
     """
     config, w_file = read_checkpoint_config(path)
     try:
         tensors = load_file(str(w_file))
     except Exception as err:  # safetensors raises its own error type for any bad header
         raise CheckpointError(f"{w_file} is not a safetensors file: {err}") from None
+    check_parameter_values({k: (str(v.dtype), v.is_floating_point(), bool(torch.isfinite(v).all()))
+                            for k, v in tensors.items()}, w_file)
     model = ScaleGMN(config)
     dtypes = {t.dtype for t in tensors.values()}
     if len(dtypes) == 1:

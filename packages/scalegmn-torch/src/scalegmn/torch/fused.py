@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
+from einops import rearrange
+
 import torch
 from torch import Tensor
 
@@ -133,10 +135,10 @@ class MessageFn(torch.autograd.Function):
             b1_ = min(B, b0 + c)
             cc = b1_ - b0
             y = _WS.get("Y", (cc * n * m, wy.shape[0]), e)
-            torch.mm(e[b0:b1_].reshape(-1, d), wy.t(), out=y)
+            torch.mm(rearrange(e[b0:b1_], "c t s d -> (c t s) d"), wy.t(), out=y)
             for k, dr in enumerate(meta.dirs):
                 S, Rn, sqr, cr, Wr, bb1, W2, b2 = _dir_args(flat, k)
-                yd = y[:, k * d : (k + 1) * d].view(cc, n, m, d)
+                yd = rearrange(y[:, k * d : (k + 1) * d], "(c t s) d -> c t s d", t=n, s=m)
                 st = _dir_forward(dr, meta.act, yd, _sl(S, b0, b1_), _sl(Rn, b0, b1_),
                                   _sl(sqr, b0, b1_), _sl(cr, b0, b1_), Wr, bb1, W2, b2)
                 v, g = st["V"], st["g"]
@@ -159,14 +161,16 @@ class MessageFn(torch.autograd.Function):
         for b0 in range(0, B, c):
             b1_ = min(B, b0 + c)
             cc = b1_ - b0
-            ec = e[b0:b1_].reshape(-1, d)
+            ec = rearrange(e[b0:b1_], "c t s d -> (c t s) d")
             y = _WS.get("Y", (cc * n * m, wy.shape[0]), e)
             torch.mm(ec, wy.t(), out=y)
             dy = _WS.get("DY", (cc * n * m, wy.shape[0]), e)
             for k, dr in enumerate(meta.dirs):
                 S, Rn, sqr, cr, Wr, bb1, W2, b2 = _dir_args(flat, k)
                 gS, gRn, gsqr, gcr, gWr, gb1, gW2, gb2 = _dir_args(dflat, k)
-                yd = y[:, k * d : (k + 1) * d].view(cc, n, m, d)
+                yd = rearrange(y[:, k * d : (k + 1) * d], "(c t s) d -> c t s d", t=n, s=m)
+                # `view`, not `rearrange`: the gradient is written through it, and a reshape
+                # that had to copy would drop those writes silently.
                 dyd = dy[:, k * d : (k + 1) * d].view(cc, n, m, d)
                 g_out = grads[k]
                 if g_out is None:
@@ -359,9 +363,9 @@ def _edge_forward(act: str, e: Tensor, P: Tensor, Q: Tensor, Wg: Tensor, b1: Ten
     cc, n, m, d = e.shape
     w = b1.shape[0]
     GA = _WS.get("GA", (cc, n, m, d), e)
-    torch.mm(e.reshape(-1, d), Wg.t(), out=GA.view(-1, d))
+    torch.mm(rearrange(e, "c t s d -> (c t s) d"), Wg.t(), out=GA.view(-1, d))
     PA = _WS.get("PA", (cc, n, m, w), e)
-    torch.add(P.unsqueeze(1), Q.unsqueeze(2), out=PA)
+    torch.add(rearrange(P, "c s w -> c 1 s w"), rearrange(Q, "c t w -> c t 1 w"), out=PA)
     PA.add_(b1)
     if keep_pre:
         HA = _WS.get("HA", (cc, n, m, w), e)

@@ -1,9 +1,9 @@
 """Node groups: which invariant map each node (or edge message) uses.
 
-Group codes (see `docs/model.md`): 0 trivial, 1 scale (`q > 0`), 2 sign (`q = +-1`),
-3 nonzero (`q != 0`). A `Grp` describes the groups of a set of rows either as Python
-constants (one group for all rows: the fast path, no masks) or as float masks that
-broadcast against the rows' feature tensors.
+Group codes are `scalegmn.weightgraph.GroupKind` (see `docs/model.md`): permutation (trivial),
+scale (`q > 0`), sign (`q = +-1`), nonzero (`q != 0`). A `Grp` describes the groups of a set
+of rows either as Python constants (one group for all rows: the fast path, no masks) or as
+float masks that broadcast against the rows' feature tensors.
 """
 
 from __future__ import annotations
@@ -12,25 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from scalegmn.weightgraph import activation_group
+from scalegmn.weightgraph import GroupKind, group_kind
 from torch import Tensor
 
-TRIVIAL, SCALE, SIGN, NONZERO = 0, 1, 2, 3
-_CODE = {"permutation": TRIVIAL, "scale": SCALE, "sign": SIGN, "nonzero": NONZERO}
-_MODE_CODE = {"scale": SCALE, "sign": SIGN, "nonzero": NONZERO}
+# the model's `symmetry` modes that impose one group on every hidden node
+_MODE_CODE = {k.label: k for k in (GroupKind.SCALE, GroupKind.SIGN, GroupKind.NONZERO)}
 
 
 def group_code(activation: str) -> int:
-    """The group code of a hidden neuron followed by `activation`."""
-    return _CODE[activation_group(activation)]
-
-
-def _normalizes(code: int) -> bool:
-    return code in (SCALE, NONZERO)
-
-
-def _flips(code: int) -> bool:
-    return code in (SIGN, NONZERO)
+    """The group code (a `GroupKind`) of a hidden neuron followed by `activation`."""
+    return group_kind(activation)
 
 
 @dataclass(frozen=True)
@@ -50,13 +41,14 @@ class Grp:
     @staticmethod
     def const(code: int) -> Grp:
         """All rows in group `code`."""
-        return Grp(_normalizes(code), _flips(code))
+        kind = GroupKind(code)
+        return Grp(kind.continuous, kind.flips)
 
     @staticmethod
     def from_codes(codes: Tensor, dtype: torch.dtype) -> Grp:
         """Per-row groups from integer codes of shape `[..., 1]`."""
-        norm = ((codes == SCALE) | (codes == NONZERO)).to(dtype)
-        flip = ((codes == SIGN) | (codes == NONZERO)).to(dtype)
+        norm = ((codes == GroupKind.SCALE) | (codes == GroupKind.NONZERO)).to(dtype)
+        flip = ((codes == GroupKind.SIGN) | (codes == GroupKind.NONZERO)).to(dtype)
         return Grp(norm, flip)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Grp:
@@ -91,14 +83,14 @@ def effective_codes(symmetry: str, auto_codes: Tensor, role: Tensor) -> Tensor:
     if symmetry == "permutation":
         return torch.zeros_like(auto_codes)
     if symmetry in _MODE_CODE:
-        return torch.where(role == 1, _MODE_CODE[symmetry], 0).expand_as(auto_codes).clone()
+        return torch.where(role == 1, _MODE_CODE[symmetry], GroupKind.PERMUTATION).expand_as(auto_codes).clone()
     return auto_codes
 
 
 def effective_const(symmetry: str, auto_code: int, role: int) -> int:
     """`effective_codes` for one Python code."""
     if symmetry == "permutation":
-        return TRIVIAL
+        return GroupKind.PERMUTATION
     if symmetry in _MODE_CODE:
-        return _MODE_CODE[symmetry] if role == 1 else TRIVIAL
+        return _MODE_CODE[symmetry] if role == 1 else GroupKind.PERMUTATION
     return auto_code

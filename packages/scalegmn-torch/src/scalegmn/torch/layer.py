@@ -127,30 +127,100 @@ class GMNLayer(nn.Module):
         return (cfg.mlp_layers == 1 and not cfg.layer_norm and cfg.sign_canon == "symmetrize"
                 and (cfg.dropout == 0 or not self.training))
 
-    def _messages(self, h: list[Tensor], e: list[Tensor], grp: list[Grp], blocks: list[EdgeBlock]
-                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor]]:
-        cfg = self.cfg
-        d, eps, sym = cfg.d_hidden, cfg.norm_eps, cfg.sign_canon == "symmetrize"
+    def edge_linear(self, eb: Tensor) -> Tensor:
+        """The edge-side Linears in one matmul: `[..., d] -> [..., k d]`.
+
+        Columns: `b e` of the forward ReScaleEq, then of the backward one (bidirectional),
+        then the edge update's `gamma e` (with edge updates).
+        """
         ws = [self.fwd.rescale.b.weight]
         if self.bwd is not None:
             ws.append(self.bwd.rescale.b.weight)
         if self.edge is not None:
             ws.append(self.edge.gamma.weight)
-        w_edge = torch.cat(ws) if len(ws) > 1 else ws[0]
+        return F.linear(eb, torch.cat(ws) if len(ws) > 1 else ws[0])
+
+    def message_fwd(self, hs: Tensor, ht: Tensor, y: Tensor, blk: EdgeBlock, gt: Grp) -> Tensor:
+        """Forward messages `ScaleEq_fwd([h_i, ReScaleEq_fwd(h_j, e_ji)])` on the edges of `blk`.
+
+        Args:
+            hs, ht: source and target node states `[..., d]` (gathered onto the edges by
+                `blk.src` / `blk.dst`).
+            y: `edge_linear` of the block's edges.
+            blk: the edge block.
+            gt: the targets' groups (rows shaped like `ht`).
+
+        Returns:
+            `[..., d]` per edge.
+        """
+        cfg = self.cfg
+        d = cfg.d_hidden
+        r = blk.src(F.linear(hs, self.fwd.rescale.a.weight)) * y[..., :d]
+        return scale_eq(self.fwd.msg, ht if cfg.message_receiver else None, blk.dst, r,
+                        gt.map(blk.dst), cfg.norm_eps, cfg.sign_canon == "symmetrize")
+
+    def message_bwd(self, hs: Tensor, ht: Tensor, y: Tensor, blk: EdgeBlock, gs: Grp, gt: Grp
+                    ) -> Tensor:
+        """Backward messages (target to source) on the edges of `blk`; arguments as `message_fwd`.
+
+        Returns:
+            `[..., d]` per edge, to be summed into the sources.
+        """
+        cfg = self.cfg
+        d = cfg.d_hidden
+        assert self.bwd is not None
+        rb = self.backward_rescale(hs, ht, y[..., d : 2 * d], blk, gs, gt)
+        return scale_eq(self.bwd.msg, hs if cfg.message_receiver else None, blk.src, rb,
+                        gs.map(blk.src), cfg.norm_eps, cfg.sign_canon == "symmetrize")
+
+    def update_node(self, hk: Tensor, agg: list[Tensor], g: Grp) -> Tensor:
+        """Node update `ScaleEq_upd([h_i, m_i(, m_i^bwd)])` (plus the skip connection).
+
+        Args:
+            hk: node states `[..., d]`.
+            agg: the summed messages per direction, each `[..., d]`.
+            g: the nodes' groups.
+        """
+        cfg = self.cfg
+        out = scale_eq(self.upd, torch.cat([hk, *agg], -1), _ident, None, g, cfg.norm_eps,
+                       cfg.sign_canon == "symmetrize")
+        return out + hk if cfg.skip_connections else out
+
+    def edge_inputs(self, hk: Tensor, g: Grp) -> tuple[Tensor, Tensor]:
+        """The edge update's first Linear on `ScaleInv(h)` of new node states, split into its
+        source and target halves: two `[..., mlp_width]`."""
+        assert self.edge is not None
+        cfg = self.cfg
+        d = cfg.d_hidden
+        w1 = self.edge.mlp.linear(0).weight
+        inv = scale_inv(self.edge.inv, hk, g, cfg.norm_eps, cfg.sign_canon == "symmetrize")
+        return F.linear(inv, w1[:, :d]), F.linear(inv, w1[:, d:])
+
+    def update_edge(self, eb: Tensor, gamma: Tensor, pre: Tensor) -> Tensor:
+        """Edge update `(gamma e) * MLP([ScaleInv(h_j), ScaleInv(h_i)])` (plus the skip).
+
+        Args:
+            eb: edge states `[..., d]`.
+            gamma: `gamma e`, the last `d` columns of `edge_linear`.
+            pre: the source half plus the target half of `edge_inputs` on each edge.
+        """
+        assert self.edge is not None
+        out = gamma * self.edge.mlp.tail(pre)
+        return out + eb if self.cfg.skip_connections else out
+
+    def _messages(self, h: list[Tensor], e: list[Tensor], grp: list[Grp], blocks: list[EdgeBlock]
+                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor]]:
+        d = self.cfg.d_hidden
         agg_f: list[Tensor | None] = [None] * len(h)
         agg_b: list[Tensor | None] = [None] * len(h)
         gammas: list[Tensor] = []
         for blk, eb in zip(blocks, e, strict=True):
-            y = F.linear(eb, w_edge)
+            y = self.edge_linear(eb)
             hs, ht = h[blk.s], h[blk.t]
-            r = blk.src(F.linear(hs, self.fwd.rescale.a.weight)) * y[..., :d]
-            m = scale_eq(self.fwd.msg, ht if cfg.message_receiver else None, blk.dst, r,
-                         grp[blk.t].map(blk.dst), eps, sym)
+            m = self.message_fwd(hs, ht, y, blk, grp[blk.t])
             agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
             if self.bwd is not None:
-                rb = self.backward_rescale(hs, ht, y[..., d : 2 * d], blk, grp[blk.s], grp[blk.t])
-                mb = scale_eq(self.bwd.msg, hs if cfg.message_receiver else None, blk.src, rb,
-                              grp[blk.s].map(blk.src), eps, sym)
+                mb = self.message_bwd(hs, ht, y, blk, grp[blk.s], grp[blk.t])
                 agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
             if self.edge is not None:
                 gammas.append(y[..., -d:])
@@ -207,20 +277,16 @@ class GMNLayer(nn.Module):
                 agg_f: list[Tensor | None], agg_b: list[Tensor | None], gammas: list[Tensor],
                 fused: bool) -> tuple[list[Tensor], list[Tensor]]:
         cfg = self.cfg
-        d, eps, sym = cfg.d_hidden, cfg.norm_eps, cfg.sign_canon == "symmetrize"
         new_h = []
         for k, hk in enumerate(h):
-            parts = [hk, _or_zeros(agg_f[k], hk)]
+            agg = [_or_zeros(agg_f[k], hk)]
             if self.bwd is not None:
-                parts.append(_or_zeros(agg_b[k], hk))
-            out = scale_eq(self.upd, torch.cat(parts, -1), _ident, None, grp[k], eps, sym)
-            new_h.append(out + hk if cfg.skip_connections else out)
+                agg.append(_or_zeros(agg_b[k], hk))
+            new_h.append(self.update_node(hk, agg, grp[k]))
         if self.edge is None:
             return new_h, e
-        w1 = self.edge.mlp.linear(0).weight
-        inv = [scale_inv(self.edge.inv, hk, g, eps, sym) for hk, g in zip(new_h, grp, strict=True)]
-        p_src = [F.linear(v, w1[:, :d]) for v in inv]
-        p_dst = [F.linear(v, w1[:, d:]) for v in inv]
+        p_src, p_dst = zip(*(self.edge_inputs(hk, g) for hk, g in zip(new_h, grp, strict=True)),
+                           strict=True)
         if fused:
             lin0, lin1 = self.edge.mlp.linear(0), self.edge.mlp.linear(1)
             return new_h, [
@@ -229,12 +295,10 @@ class GMNLayer(nn.Module):
                                       lin1.weight, lin1.bias)
                 for blk, eb in zip(blocks, e, strict=True)
             ]
-        new_e = []
-        for blk, eb, gam in zip(blocks, e, gammas, strict=True):
-            v = self.edge.mlp.tail(blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t]))
-            out = gam * v
-            new_e.append(out + eb if cfg.skip_connections else out)
-        return new_h, new_e
+        return new_h, [
+            self.update_edge(eb, gam, blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t]))
+            for blk, eb, gam in zip(blocks, e, gammas, strict=True)
+        ]
 
 
 def _where_norm(norm: bool | Tensor, sq: Tensor) -> Tensor:

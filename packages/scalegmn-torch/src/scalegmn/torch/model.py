@@ -6,12 +6,14 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from einops import rearrange
+
 import torch
 import torch.nn.functional as F
 from scalegmn.weightgraph import ScaleGMNConfig
 from torch import Tensor, nn
 
-from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs
+from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs, from_pyg
 from .blocks import MLP, scale_inv
 from .groups import Grp, effective_codes, effective_const
 from .layer import EdgeBlock, GMNLayer
@@ -26,12 +28,14 @@ class ScaleGMN(nn.Module):
         config: the model configuration; parameter names follow `docs/model.md`.
 
     Example:
-        >>> from scalegmn.weightgraph import NetworkSpec, random_network
-        >>> from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
-        >>> nets = [random_network(NetworkSpec.siren(), rng=k) for k in range(3)]
-        >>> model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=4))
-        >>> model(collate(nets)).shape
-        torch.Size([3, 4])
+        ```python
+        from scalegmn.weightgraph import NetworkSpec, random_network
+        from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
+
+        nets = [random_network(NetworkSpec.siren(), rng=k) for k in range(3)]
+        model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=4))
+        assert model(collate(nets)).shape == (3, 4)
+        ```
     """
 
     def __init__(self, config: ScaleGMNConfig) -> None:
@@ -138,18 +142,70 @@ class ScaleGMN(nn.Module):
             self._checked.add(key)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: Graphs) -> Tensor | Graphs:
+    def forward(self, batch: Graphs | Any) -> Tensor | Graphs | Any:
         """Run the model.
 
         Args:
-            batch: a `DenseGraphs` or `SparseGraphs` from `collate` (never modified).
+            batch: a `DenseGraphs` or `SparseGraphs` from `collate` (never modified), or a
+                PyTorch Geometric batch (run by `forward_pyg`).
 
         Returns:
             `[B, d_out]` for `head="invariant"`; for `head="equivariant"` the edited graphs,
             a batch of the same layout (decode with `.to_networks()`).
         """
+        if not isinstance(batch, DenseGraphs | SparseGraphs) and _is_pyg(batch):
+            return self.forward_pyg(batch)
         self.check_batch(batch)
         return self.core(batch, self.fused)
+
+    def forward_pyg(self, batch: Any) -> Any:
+        """Run the model on a `torch_geometric.data.Batch`, layer by layer as `ScaleGMNConv`s.
+
+        The same function as `forward` (the layers share this model's parameters); the
+        messages are gathered and summed by PyTorch Geometric's `MessagePassing`.
+
+        Args:
+            batch: a `Batch` of `to_pyg_data(network)` graphs (what PyG's `DataLoader`
+                yields), or `SparseGraphs.to_pyg()`; never modified.
+
+        Returns:
+            `[B, d_out]` for `head="invariant"`; for `head="equivariant"` a copy of `batch`
+            whose `x` and `edge_attr` are the edited graphs.
+
+        Example:
+            ```python
+            from torch_geometric.loader import DataLoader
+            from scalegmn.weightgraph import NetworkSpec, random_network
+            from scalegmn.torch import ScaleGMN, ScaleGMNConfig, to_pyg_data
+
+            nets = [random_network(NetworkSpec.mlp([2, 8, 1]), rng=k) for k in range(8)]
+            model = ScaleGMN(ScaleGMNConfig.for_networks(nets, d_hidden=8, n_layers=2, d_out=3))
+            for batch in DataLoader([to_pyg_data(n) for n in nets], batch_size=4):
+                out = model.forward_pyg(batch)  # [4, 3]
+            ```
+        """
+        b = from_pyg(batch)
+        self.check_batch(b)
+        out = self._forward_sparse(b, pyg=True)
+        if isinstance(out, SparseGraphs):
+            edited = batch.clone()
+            edited.x, edited.edge_attr = out.node_features, out.edge_features
+            return edited
+        return out
+
+    def pyg_convs(self) -> list[Any]:
+        """The layers as `ScaleGMNConv` (`torch_geometric.nn.MessagePassing`) modules.
+
+        They hold this model's layers (not copies), so they train with the model; they are
+        not registered as children, which keeps the checkpoint's parameter names.
+        """
+        from .pyg import ScaleGMNConv
+
+        convs = self.__dict__.get("_convs")
+        if convs is None or any(c.layer is not lay for c, lay in zip(convs, self._layers(), strict=True)):
+            convs = [ScaleGMNConv(lay) for lay in self._layers()]
+            self.__dict__["_convs"] = convs
+        return convs
 
     def core(self, batch: Graphs, fused: bool = True) -> Tensor | Graphs:
         """`forward` without the input checks (the part that `compile_model` compiles).
@@ -170,6 +226,21 @@ class ScaleGMN(nn.Module):
             h, e = layer(h, e, grp, blocks, fused=fused and layer.fusable())
         return h, e
 
+    def _run_sparse(self, h: Tensor, e: Tensor, grp: list[Grp], src: Tensor, dst: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+        n = h.shape[0]
+
+        def to_dst(m: Tensor) -> Tensor:
+            return m.new_zeros(n, m.shape[-1]).index_add(0, dst, m)
+
+        def to_src(m: Tensor) -> Tensor:
+            return m.new_zeros(n, m.shape[-1]).index_add(0, src, m)
+
+        blk = EdgeBlock(0, 0, lambda t: t.index_select(0, src), lambda t: t.index_select(0, dst),
+                        to_src, to_dst)
+        hs, es = self._run([h], [e], grp, [blk], False)
+        return hs[0], es[0]
+
     def _forward_dense(self, b: DenseGraphs, fused: bool) -> Tensor | DenseGraphs:
         cfg = self.config
         L = b.n_layers
@@ -181,7 +252,7 @@ class ScaleGMN(nn.Module):
                 grp.append(Grp.const(effective_const(cfg.symmetry, code, roles[k])))
             else:
                 codes = b.node_group[:, b.node_offsets[k]][:, None, None]
-                codes = effective_codes(cfg.symmetry, codes, torch.tensor(roles[k]))
+                codes = effective_codes(cfg.symmetry, codes, codes.new_full((), roles[k]))  # on the batch's device
                 grp.append(Grp.from_codes(codes, b.node_features.dtype))
         wn = self.node_proj.weight
         h = []
@@ -214,7 +285,7 @@ class ScaleGMN(nn.Module):
         if cfg.head == "equivariant":
             return self._edit_dense(b, h, e)
         if cfg.readout == "last_layer":
-            out = F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])).flatten(1)
+            out = rearrange(F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])), "b n d -> b (n d)")
         else:
             hid = [scale_inv(self._readout_inv(), h[k], grp[k], cfg.norm_eps,
                              cfg.sign_canon == "symmetrize").sum(1) for k in range(1, L)]
@@ -233,10 +304,10 @@ class ScaleGMN(nn.Module):
         for l in range(1, L + 1):  # noqa: E741
             mask = b.edge_mask[b.edge_offsets[l - 1]].to(e[l - 1].dtype)
             de = F.linear(e[l - 1], wedge) * mask
-            edges.append((b.layer_edges(l) + alpha[l - 1] * de).flatten(1, 2))
+            edges.append(rearrange(b.layer_edges(l) + alpha[l - 1] * de, "b t s c -> b (t s) c"))
         return b.with_features(torch.cat(nodes, 1), torch.cat(edges, 1))
 
-    def _forward_sparse(self, b: SparseGraphs) -> Tensor | SparseGraphs:
+    def _forward_sparse(self, b: SparseGraphs, pyg: bool = False) -> Tensor | SparseGraphs:
         cfg = self.config
         dtype = b.node_features.dtype
         role = b.node_role
@@ -263,18 +334,11 @@ class ScaleGMN(nn.Module):
                             cfg.max_in_nodes + cfg.max_hidden_layers + pos[dst]),
             )
             e = e * e_tab[e_idx]
-        n = h.shape[0]
-
-        def to_dst(m: Tensor) -> Tensor:
-            return m.new_zeros(n, m.shape[-1]).index_add(0, dst, m)
-
-        def to_src(m: Tensor) -> Tensor:
-            return m.new_zeros(n, m.shape[-1]).index_add(0, src, m)
-
-        blk = EdgeBlock(0, 0, lambda t: t.index_select(0, src), lambda t: t.index_select(0, dst),
-                        to_src, to_dst)
-        hs, es = self._run([h], [e], grp, [blk], False)
-        h, e = hs[0], es[0]
+        if pyg:
+            for conv in self.pyg_convs():
+                h, e = conv(h, b.edge_index, e, codes)
+        else:
+            h, e = self._run_sparse(h, e, grp, src, dst)
         B = len(b)
         if cfg.head == "equivariant":
             alpha = self._head_alpha()
@@ -287,7 +351,7 @@ class ScaleGMN(nn.Module):
             flat = b.node_batch * cfg.max_out_nodes + b.node_pos
             sel = role == 2
             out = h.new_zeros(B * cfg.max_out_nodes, cfg.d_hidden).index_add(0, flat[sel], h[sel])
-            return self._readout_mlp()(out.view(B, -1))
+            return self._readout_mlp()(rearrange(out, "(b n) d -> b (n d)", b=B))
         inv = scale_inv(self._readout_inv(), h, grp[0], cfg.norm_eps, cfg.sign_canon == "symmetrize")
         parts = []
         for r, v in ((1, inv), (0, h), (2, h)):
@@ -296,12 +360,17 @@ class ScaleGMN(nn.Module):
         return self._readout_mlp()(torch.cat(parts, -1))
 
 
+def _is_pyg(batch: Any) -> bool:
+    """Whether `batch` is a PyTorch Geometric `Data` / `Batch` (without importing PyG)."""
+    return any(c.__module__.startswith("torch_geometric.") for c in type(batch).__mro__)
+
+
 def _src_dense(x: Tensor) -> Tensor:
-    return x.unsqueeze(-3)
+    return rearrange(x, "... s c -> ... 1 s c")
 
 
 def _dst_dense(x: Tensor) -> Tensor:
-    return x.unsqueeze(-2)
+    return rearrange(x, "... t c -> ... t 1 c")
 
 
 def _sum_src_dense(x: Tensor) -> Tensor:

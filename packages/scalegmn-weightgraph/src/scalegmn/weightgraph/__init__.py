@@ -6,6 +6,15 @@ libraries only when called.
 
 from __future__ import annotations
 
+from .activations import (
+    ACTIVATIONS,
+    Activation,
+    ActivationEntry,
+    GroupKind,
+    activation_group,
+    get_activation,
+    group_kind,
+)
 from .convert.arrays import (
     LayoutRow,
     from_arrays,
@@ -35,18 +44,10 @@ from .graph import (
 from .network import Network, apply_activation, forward
 from .random import random_network
 from .schemas import (
-    ACTIVATIONS,
-    Activation,
     ConvLayer,
     DenseLayer,
-    LayerSymmetry,
     NetworkSpec,
     ScaleGMNConfig,
-    TrainConfig,
-    ZooManifest,
-    ZooShard,
-    activation_group,
-    layer_symmetries,
 )
 
 
@@ -81,6 +82,7 @@ def to_equinox(network, key=None):  # type: ignore[no-untyped-def]
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "ActivationEntry",
     "ConvLayer",
     "DenseBatch",
     "DenseLayer",
@@ -88,16 +90,13 @@ __all__ = [
     "GraphBatch",
     "GraphError",
     "GraphLayout",
-    "LayerSymmetry",
+    "GroupKind",
     "LayoutRow",
     "Network",
     "NetworkError",
     "NetworkSpec",
     "ScaleGMNConfig",
-    "TrainConfig",
     "UnsupportedLayerError",
-    "ZooManifest",
-    "ZooShard",
     "activation_group",
     "apply_activation",
     "forward",
@@ -109,7 +108,8 @@ __all__ = [
     "from_graph_batch",
     "from_state_dict",
     "from_torch",
-    "layer_symmetries",
+    "get_activation",
+    "group_kind",
     "layout",
     "parse_layout_csv",
     "random_network",

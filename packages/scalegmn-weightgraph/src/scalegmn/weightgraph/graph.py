@@ -307,10 +307,12 @@ def to_graph(network: Network, input_node_value: float = 0.0) -> Graph:
         `node_layer [N]` and the other index arrays of its `layout`.
 
     Example:
-        >>> from scalegmn.weightgraph import NetworkSpec, random_network
-        >>> g = to_graph(random_network(NetworkSpec.siren()))
-        >>> g.n_nodes, g.n_edges
-        (67, 1120)
+        ```python
+        from scalegmn.weightgraph import NetworkSpec, random_network, to_graph
+
+        g = to_graph(random_network(NetworkSpec.siren()))
+        assert (g.n_nodes, g.n_edges) == (67, 1120)  # 2 + 32 + 32 + 1 neurons, 2*32 + 32*32 + 32 weights
+        ```
     """
     if not isinstance(network, Network):
         raise TypeError(f"to_graph expects a Network, got {type(network).__name__}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .activations import get_activation
 from .errors import NetworkError
 from .schemas import ConvLayer, DenseLayer, NetworkSpec
 
@@ -136,32 +137,12 @@ class Network:
 
 
 def apply_activation(z: NDArray, layer: DenseLayer | ConvLayer) -> NDArray:
-    """Apply `layer.activation` to pre-activations `z` (numpy)."""
-    a = layer.activation
-    if a == "identity":
-        return z
-    if a == "relu":
-        return np.maximum(z, 0)
-    if a == "leaky_relu":
-        return np.where(z >= 0, z, layer.negative_slope * z)
-    if a == "tanh":
-        return np.tanh(z)
-    if a == "sine":
-        return np.sin(layer.w0 * z)
-    if a == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if a == "softplus":
-        return np.logaddexp(0.0, z)
-    if a == "silu":
-        return z / (1.0 + np.exp(-z))
-    if a == "elu":
-        return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
-    if a == "gelu":
-        from math import erf, sqrt
-
-        verf = np.vectorize(erf, otypes=[z.dtype])
-        return 0.5 * z * (1.0 + verf(z / sqrt(2.0)))
-    raise NetworkError(f"activation {a!r} has no numpy implementation")
+    """Apply `layer.activation` to pre-activations `z` (numpy), as its registry entry defines it."""
+    try:
+        entry = get_activation(layer.activation)
+    except ValueError as err:
+        raise NetworkError(f"activation {layer.activation!r} has no numpy implementation: {err}") from None
+    return entry.apply(z, layer)
 
 
 def _conv2d(x: NDArray, w: NDArray, layer: ConvLayer) -> NDArray:

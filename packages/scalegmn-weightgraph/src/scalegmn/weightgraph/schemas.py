@@ -1,7 +1,7 @@
 """Pydantic schemas shared by every scalegmn package.
 
-Importing this module needs only pydantic (no numpy arrays live inside the models,
-no torch, no jax). Every model serialises to JSON and publishes a JSON Schema.
+Importing this module needs only pydantic and numpy (no numpy arrays live inside the
+models, no torch, no jax). Every model serialises to JSON and publishes a JSON Schema.
 """
 
 from __future__ import annotations
@@ -9,62 +9,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Activation = Literal[
-    "relu",
-    "leaky_relu",
-    "tanh",
-    "sine",
-    "identity",
-    "sigmoid",
-    "gelu",
-    "silu",
-    "softplus",
-    "elu",
-]
-"""Activation names understood everywhere in scalegmn (applied after a layer)."""
+from .activations import ACTIVATIONS, Activation, activation_group  # noqa: F401  (re-exported)
 
-ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
-
-SymmetryGroup = Literal["scale", "sign", "nonzero", "permutation"]
 """The group of multipliers a hidden neuron admits (see `scalegmn.symmetry.group_of`)."""
-
-_GROUP_OF_ACTIVATION: dict[str, str] = {
-    "relu": "scale",
-    "leaky_relu": "scale",
-    "tanh": "sign",
-    "sine": "sign",
-    "identity": "nonzero",
-    "sigmoid": "permutation",
-    "gelu": "permutation",
-    "silu": "permutation",
-    "softplus": "permutation",
-    "elu": "permutation",
-}
-
-
-def activation_group(activation: str) -> str:
-    """The multiplier group of a hidden neuron followed by `activation`.
-
-    `"scale"`: q > 0 (ReLU, LeakyReLU); `"sign"`: q in {+1, -1} (odd functions:
-    tanh, sine); `"nonzero"`: q != 0 (identity); `"permutation"`: q = 1.
-
-    Raises:
-        ValueError: for an unknown activation name.
-    """
-    try:
-        return _GROUP_OF_ACTIVATION[activation]
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {activation!r}; supported: {', '.join(ACTIVATIONS)}"
-        ) from None
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def to_json(self, **kwargs: Any) -> str:
         """Serialise to a JSON string."""
@@ -312,8 +268,11 @@ class NetworkSpec(_Schema):
         """An MLP with the given neuron counts `[n_0, ..., n_L]`.
 
         Example:
-            >>> NetworkSpec.mlp([2, 32, 32, 1], activation="sine").widths
-            [2, 32, 32, 1]
+            ```python
+            from scalegmn.weightgraph import NetworkSpec
+
+            assert NetworkSpec.mlp([2, 32, 32, 1], activation="sine").widths == [2, 32, 32, 1]
+            ```
         """
         if len(widths) < 2:
             raise ValueError(f"an MLP needs at least input and output widths, got {widths}")
@@ -365,18 +324,6 @@ class NetworkSpec(_Schema):
         return cls(
             layers=layers, input_shape=(in_channels, image_size, image_size), pooling="global_avg"
         )
-
-
-class LayerSymmetry(_Schema):
-    """The symmetry of one hidden layer: its multiplier group and whether neurons permute."""
-
-    group: SymmetryGroup
-    permutable: bool = True
-
-
-def layer_symmetries(spec: NetworkSpec) -> list[LayerSymmetry]:
-    """The symmetry of each hidden layer `1..L-1` of `spec`, read from its activation."""
-    return [LayerSymmetry(group=g) for g in spec.hidden_groups]  # type: ignore[arg-type]
 
 
 SymmetryMode = Literal["auto", "permutation", "sign", "scale", "nonzero", "hetero"]
@@ -466,6 +413,72 @@ class ScaleGMNConfig(_Schema):
         """Width of the readout MLP's hidden layers."""
         return self.readout_hidden or self.d_hidden
 
+    @classmethod
+    def for_networks(cls, networks: Sequence[Any], **options: Any) -> ScaleGMNConfig:
+        """A configuration whose input sizes are read from `networks`.
+
+        Fills `d_node_in` (1: a node holds its bias) and `d_edge_in` (the longest edge
+        vector: a conv kernel or a flattened feature map), and raises `max_in_nodes`,
+        `max_out_nodes` and `max_hidden_layers` above their defaults where the networks
+        need it. Every network is then checked against the result.
+
+        Args:
+            networks: the `Network`s (or their `NetworkSpec`s) the model will see.
+            **options: any other field; a field given here overrides the derived value.
+
+        Returns:
+            The configuration.
+
+        Raises:
+            TypeError: an item that is neither a `Network` nor a `NetworkSpec`.
+            ValueError: an empty list, or a network that does not fit the configuration
+                (named by its index, with the fix).
+
+        Example:
+            ```python
+            from scalegmn.weightgraph import NetworkSpec, ScaleGMNConfig, random_network
+
+            nets = [random_network(NetworkSpec.small_cnn(), rng=k) for k in range(4)]
+            cfg = ScaleGMNConfig.for_networks(nets, d_hidden=32, n_layers=2, d_out=10)
+            assert cfg.d_edge_in == 9  # 3x3 kernels
+            ```
+        """
+        networks = list(networks)
+        if not networks:
+            raise ValueError("ScaleGMNConfig.for_networks needs at least one network")
+        specs: list[NetworkSpec] = []
+        for k, n in enumerate(networks):
+            spec = n if isinstance(n, NetworkSpec) else getattr(n, "spec", None)
+            if not isinstance(spec, NetworkSpec):
+                raise TypeError(
+                    f"ScaleGMNConfig.for_networks: item {k} is {type(n).__name__}, not a Network "
+                    "(convert modules with scalegmn.weightgraph.from_torch)"
+                )
+            specs.append(spec)
+        default = cls.model_fields
+        derived: dict[str, Any] = {
+            "d_node_in": 1,
+            "d_edge_in": max(_edge_need(s) for s in specs),
+            "max_in_nodes": max(default["max_in_nodes"].default, *(s.widths[0] for s in specs)),
+            "max_out_nodes": max(default["max_out_nodes"].default, *(s.widths[-1] for s in specs)),
+            "max_hidden_layers": max(default["max_hidden_layers"].default,
+                                     *(s.n_layers - 1 for s in specs)),
+        }
+        cfg = cls(**{**derived, **options})
+        if cfg.readout == "last_layer":
+            outs = sorted({s.widths[-1] for s in specs})
+            if len(outs) > 1:
+                raise ValueError(
+                    f"readout='last_layer' reads output neurons in a fixed order, but the "
+                    f"networks have {outs} output neurons; use readout='full_graph'"
+                )
+        for k, spec in enumerate(specs):
+            try:
+                cfg.check_compatible(spec)
+            except ValueError as err:
+                raise ValueError(f"ScaleGMNConfig.for_networks: network {k}: {err}") from None
+        return cfg
+
     def check_compatible(self, spec: NetworkSpec) -> None:
         """Raise a clear error if networks of `spec` cannot be fed to this model."""
         widths = spec.widths
@@ -485,12 +498,7 @@ class ScaleGMNConfig(_Schema):
                     f"the network has {spec.n_layers - 1} hidden layers but max_hidden_layers="
                     f"{self.max_hidden_layers}; raise max_hidden_layers"
                 )
-        need = max(spec.edge_vector_length(i) for i in range(spec.n_layers))
-        kmax = max(
-            (layer.kernel_size[0] * layer.kernel_size[1] for layer in spec.layers if isinstance(layer, ConvLayer)),
-            default=1,
-        )
-        need = max(need, kmax)
+        need = _edge_need(spec)
         if need > self.d_edge_in:
             raise ValueError(
                 f"the network's graph has edge vectors of length {need} but d_edge_in="
@@ -512,34 +520,11 @@ class ScaleGMNConfig(_Schema):
                 )
 
 
-class TrainConfig(_Schema):
-    """Training options shared by the task runners (extended by `scalegmn.tasks`)."""
-
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_steps: int = Field(default=1000, ge=0)
-    grad_clip: float | None = Field(default=10.0, gt=0)
-    batch_size: int = Field(default=64, ge=1)
-    epochs: int = Field(default=200, ge=1)
-    seed: int = 0
-
-
-class ZooShard(_Schema):
-    """One shard of a zoo: a file of stacked parameters for `count` networks."""
-
-    path: str
-    count: int = Field(ge=0)
-    sha256: str
-
-
-class ZooManifest(_Schema):
-    """The manifest of a zoo of networks of one architecture (see `scalegmn.tasks`)."""
-
-    format_version: int = 1
-    spec: NetworkSpec
-    source: str = ""
-    target_name: str = "label"
-    shards: list[ZooShard] = Field(default_factory=list)
-    splits: dict[str, list[int]] = Field(default_factory=dict)
-    seed: int = 0
-    metadata: dict[str, Any] = Field(default_factory=dict)
+def _edge_need(spec: NetworkSpec) -> int:
+    """Longest edge vector of `spec`'s graph (the graph pads every edge to the largest kernel)."""
+    need = max(spec.edge_vector_length(i) for i in range(spec.n_layers))
+    kmax = max(
+        (layer.kernel_size[0] * layer.kernel_size[1] for layer in spec.layers if isinstance(layer, ConvLayer)),
+        default=1,
+    )
+    return max(need, kmax)

@@ -119,7 +119,7 @@ def load_dws_inrs(
         val_size: without a split file, how many training INRs form the validation split.
         seed: the seed that draws them.
         on_error: `"raise"` or `"skip"` bad files (counted in `ds.report`).
-        cache_dir: keep a stacked copy here; later loads memory-map it.
+        cache_dir: keep a stacked copy here; later loads verify its checksum and read it.
         progress: show a progress bar.
         key_format: the state dict key pattern (DWS: `seq.{i}.{param}`).
 

@@ -69,7 +69,7 @@ def load_nfn_cifar_inrs(
         key_format: state dict key pattern; None (default) takes weights and biases in file
             order, as the original pipelines do.
         on_error: `"raise"` or `"skip"` bad files (counted in `ds.report`).
-        cache_dir: keep a stacked copy here; later loads memory-map it.
+        cache_dir: keep a stacked copy here; later loads verify its checksum and read it.
         progress: show a progress bar.
 
     Returns:

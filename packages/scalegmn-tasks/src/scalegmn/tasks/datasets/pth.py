@@ -3,7 +3,9 @@
 Each file is opened with `torch.load(..., weights_only=True)` (no pickled code runs) and
 converted with `scalegmn.weightgraph.from_state_dict`. Reading tens of thousands of small
 files is slow, so the stacked result can be cached in one safetensors file keyed by the
-file list, sizes and modification times; later loads memory-map it.
+file list, sizes and modification times. The cache records a SHA-256 of its arrays and
+report in its metadata; a later load verifies it and rebuilds (with a warning naming the
+file) a cache that fails the check, so a damaged or edited cache is never served.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from scalegmn.weightgraph import Network, NetworkSpec
+from scalegmn.weightgraph.io import atomic_write
 
-from ..zoo.store import atomic_write_bytes, memmap_safetensors, safetensors_bytes
+from ..zoo.store import ZooError, read_safetensors, safetensors_bytes
 from .base import DataError, LoadReport, OnError, StackedDataset, check_on_error
 
 
@@ -135,7 +138,7 @@ def load_entries(
     cache_dir: str | os.PathLike[str] | None = None, progress: bool | None = None,
     key_format: str | None = "seq.{i}.{param}",
 ) -> StackedDataset:
-    """Load every entry into a `StackedDataset` (float32), or memory-map a cached copy.
+    """Load every entry into a `StackedDataset` (float32), or read a verified cached copy.
 
     Args:
         entries: the files, in dataset order.
@@ -156,7 +159,9 @@ def load_entries(
         key = _cache_key(entries, spec, f"{on_error}|{key_format}")
         cache_path = Path(cache_dir) / f"{name.replace('/', '_')}-{split}-{key}.safetensors"
         if cache_path.is_file():
-            return _from_cache(cache_path, spec, name, split)
+            cached = _from_cache(cache_path, spec, name, split)
+            if cached is not None:
+                return cached
     report = LoadReport()
     nets: list[Network] = []
     labels: list[int] = []
@@ -187,21 +192,37 @@ def load_entries(
         arrays: dict[str, NDArray] = {f"w{i}": w for i, w in enumerate(ws)}
         arrays.update({f"b{i}": b for i, b in enumerate(bs)})
         arrays.update({"targets": targets, "row": row})
-        meta = {"report": json.dumps({"skipped": report.skipped, "problems": report.problems})}
-        atomic_write_bytes(cache_path, safetensors_bytes(arrays, meta))
+        info = {"skipped": report.skipped, "problems": report.problems}
+        meta = {"report": info, "sha256": _cache_digest(arrays, info)}
+        atomic_write(cache_path, safetensors_bytes(arrays, meta))
     ds = StackedDataset(spec, ws, bs, targets, name=name, split=split, columns={"row": row}, report=report)
     ds.paths = [entries[r].path for r in rows]  # type: ignore[attr-defined]
     return ds
 
 
-def _from_cache(path: Path, spec: NetworkSpec, name: str, split: str) -> StackedDataset:
-    from ..zoo.store import read_safetensors_header
+def _cache_digest(arrays: dict[str, NDArray], info: dict[str, Any]) -> str:
+    """SHA-256 of a cache's arrays (name, dtype, shape, bytes) and its load report."""
+    h = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
-    arrays = memmap_safetensors(path)
-    header, _ = read_safetensors_header(path)
-    info = json.loads(header.get("__metadata__", {}).get("report", '{"skipped": 0, "problems": []}'))
+
+def _from_cache(path: Path, spec: NetworkSpec, name: str, split: str) -> StackedDataset | None:
+    """The cached dataset, or None (with a warning) when the cache fails its check."""
+    try:
+        arrays, meta = read_safetensors(path)
+        info = meta.get("report")
+        if not isinstance(info, dict) or meta.get("sha256") != _cache_digest(arrays, info):
+            raise ZooError(f"{path}: checksum mismatch (corrupt, edited, or written before caches were checksummed)")
+        ws = [arrays[f"w{i}"] for i in range(spec.n_layers)]
+        bs = [arrays[f"b{i}"] for i in range(spec.n_layers)]
+        targets, row = arrays["targets"], arrays["row"]
+    except (ZooError, KeyError) as err:
+        warnings.warn(f"loader cache refused, rebuilding it from the source files: {err}", stacklevel=3)
+        return None
     report = LoadReport(skipped=info["skipped"], problems=info["problems"])
-    ws = [arrays[f"w{i}"] for i in range(spec.n_layers)]
-    bs = [arrays[f"b{i}"] for i in range(spec.n_layers)]
-    return StackedDataset(spec, ws, bs, np.asarray(arrays["targets"]), name=name, split=split,
-                          columns={"row": np.asarray(arrays["row"])}, report=report)
+    return StackedDataset(spec, ws, bs, np.asarray(targets), name=name, split=split,
+                          columns={"row": np.asarray(row)}, report=report)

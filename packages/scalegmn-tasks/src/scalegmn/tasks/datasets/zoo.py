@@ -1,4 +1,4 @@
-"""`open_zoo`: a split of one of the project's zoos as a dataset (memory-mapped shards)."""
+"""`open_zoo`: a split of one of the project's zoos as a dataset (shards read and checked on first use)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .base import NetworkDataset, check_split
 
 
 class ZooDataset(NetworkDataset):
-    """A split of a zoo; networks are read from memory-mapped shards on demand.
+    """A split of a zoo; networks are read from their shards on demand.
 
     Attributes:
         zoo: the opened `Zoo`.
@@ -57,7 +57,7 @@ def open_zoo(
     """Open a split of a zoo built by `scalegmn zoo build` (or `build_inr_zoo` / `build_cnn_zoo`).
 
     Opening reads the manifest and the per-network columns only; shard files are
-    memory-mapped and checksummed when first used.
+    read, checksummed and checked against the manifest when first used.
 
     Args:
         path: the zoo folder.

@@ -7,16 +7,25 @@ checksums), runs the rest in `workers` processes (one thread each), records each
 the manifest as soon as its file is in place, and finally writes the columns file.
 Under `torchrun` the processes share the pending shards and rank 0 alone writes the
 manifest (see `run_build`).
+
+Worker processes never outlive their build: SIGTERM and SIGINT of the build stop it (the
+finished shards stay recorded) and terminate its workers; if the build process dies
+without cleaning up (SIGKILL), each worker notices that its parent is gone (it polls
+`os.getppid()`) and exits. A kill leaves at most hidden `.shard-*.tmp` files, which the
+next `--resume` removes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
     Future,
@@ -28,9 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scalegmn.weightgraph.io import sha256_file
+
 from ..distributed import all_gather, barrier, on_rank0, process_group
 from .manifest import Manifest, ShardRecord
-from .store import SHARD_DIR, ZooError, finalize, read_manifest, sha256_file, write_manifest
+from .store import SHARD_DIR, ZooError, finalize, read_manifest, write_manifest
 
 ProgressFn = Callable[[int], None]
 
@@ -95,10 +106,24 @@ class BuildStats:
 
 _QUEUE: Any = None
 
+PARENT_POLL_SECONDS = 0.5
+"""How often a worker checks that the build process is still alive."""
 
-def _init_worker(q: Any, threads: int) -> None:
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Exit this worker as soon as its parent (the build process) is gone."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)  # no cleanup to run: a half-written shard is a temporary file the next resume removes
+
+
+def _init_worker(q: Any, threads: int, parent: int) -> None:
     global _QUEUE
     _QUEUE = q
+    # the build decides what Ctrl-C does (stop, record, terminate the workers)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `parent` comes from the build itself: it may have died before this worker got here
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
@@ -212,7 +237,7 @@ def run_build(
     root = Path(root)
     if template.n_shards != len(tasks):
         raise ValueError(f"template says {template.n_shards} shards but {len(tasks)} tasks were given")
-    with process_group("gloo") as (rank, world):
+    with _sigterm_as_exit(), process_group("gloo") as (rank, world):
         return _run_build(root, template, tasks, worker, options, workers, resume, progress, on_shard,
                           description, rank, world)
 
@@ -288,6 +313,48 @@ def _run_build(
     return manifest, stats
 
 
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into `SystemExit(143)` during the build, so the cleanup that Ctrl-C gets runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int, q: Any, ctx: Any) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers are terminated if the build stops with an exception.
+
+    On a normal exit the pool is shut down as usual (waiting for its workers). On an
+    exception (a worker's error re-raised, Ctrl-C, SIGTERM) running shards are abandoned:
+    the workers are terminated and reaped before the exception propagates.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(q, 1, os.getpid()))
+    try:
+        yield pool
+    except BaseException:
+        procs = list(getattr(pool, "_processes", {}).values())  # the pool has no public handle on them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+        raise
+    pool.shutdown(wait=True)
+
+
 def _history_entry(stats: BuildStats, workers: int) -> dict[str, Any]:
     return {
         "seconds": round(stats.seconds, 3), "networks_built": stats.networks_built,
@@ -325,25 +392,26 @@ def _run_shared(
     """
     mine = todo[rank::world]
     out = _SharedOutcome(shards_by_rank=[[] for _ in range(world)])
-    executor: ThreadPoolExecutor | ProcessPoolExecutor
+    pool: contextlib.AbstractContextManager[ThreadPoolExecutor | ProcessPoolExecutor]
     if workers <= 1:
         q: Any = queue_mod.Queue()
-        executor = ThreadPoolExecutor(max_workers=1)
-        futures = [executor.submit(worker, str(root), t, options, q.put) for t in mine]
+        pool = ThreadPoolExecutor(max_workers=1)
     else:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                       initargs=(q, 1))
-        futures = [executor.submit(_run_in_worker, worker, str(root), t, options) for t in mine]
-    pending: set[Future] = set(futures)
+        pool = _worker_pool(workers, q, ctx)
     host = socket.gethostname()
     stopping = False
 
     def own(n: int) -> None:
         advance(n, True)
 
-    with executor:
+    with pool as executor:
+        if workers <= 1:
+            futures = [executor.submit(worker, str(root), t, options, q.put) for t in mine]
+        else:
+            futures = [executor.submit(_run_in_worker, worker, str(root), t, options) for t in mine]
+        pending: set[Future] = set(futures)
         try:
             while True:
                 new: list[ShardRecord] = []
@@ -447,9 +515,7 @@ def _run_parallel(
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     error: BaseException | None = None
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(q, 1)
-    ) as pool:
+    with _worker_pool(workers, q, ctx) as pool:
         pending: set[Future] = {pool.submit(_run_in_worker, worker, str(root), t, options) for t in todo}
         try:
             while pending:

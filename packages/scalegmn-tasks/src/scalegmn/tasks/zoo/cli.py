@@ -123,8 +123,11 @@ def build_cnn(
 
 
 @app.command("info")
-def info(path: Annotated[Path, typer.Argument(help="A zoo folder.")]) -> None:
-    """Counts, splits, target histogram and metadata of a zoo."""
+def info(
+    path: Annotated[Path, typer.Argument(help="A zoo folder.")],
+    verify: Annotated[bool, typer.Option(help="Read every shard and check its checksum, metadata and values.")] = False,
+) -> None:
+    """Counts, splits, target histogram and metadata of a zoo (exit code 2 for a bad zoo)."""
     try:
         manifest = read_manifest(path)
         if not manifest.complete:
@@ -137,6 +140,23 @@ def info(path: Annotated[Path, typer.Argument(help="A zoo folder.")]) -> None:
     except ZooError as e:
         _fail(e)
     _describe(zoo)
+    if verify:
+        _verify(zoo)
+
+
+def _verify(zoo: Zoo) -> None:
+    """Check every shard; one line per bad shard, exit code 2 if there is any."""
+    from rich.progress import Progress
+
+    n = zoo.manifest.n_shards
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("verifying shards", total=n)
+        problems = zoo.verify_shards(progress=lambda _k: bar.advance(task))
+    for p in problems:
+        console.print(f"[red]error:[/red] {p}", soft_wrap=True)
+    if problems:
+        raise typer.Exit(code=2)
+    console.print(f"verified {n} shards: checksums, metadata and values match the manifest")
 
 
 def _describe(zoo: Zoo) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scalegmn.weightgraph import ConvLayer, NetworkSpec
+from scalegmn.weightgraph import ConvLayer, NetworkSpec, get_activation
 
 from ..sources import ImageSource, load_source
 from .build import BuildStats, ProgressFn, ShardTask, run_build
@@ -55,7 +55,7 @@ class CNNZooOptions(BaseModel):
         seed: everything random.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     count: int = Field(default=100, ge=1)
     channels: int = Field(default=16, ge=1)
@@ -194,7 +194,6 @@ def _prepare_images(src: ImageSource, ids: NDArray, size: int) -> NDArray[np.flo
 
 
 def _forward(x: Any, params: list[Any], spec: NetworkSpec) -> Any:
-    import torch
     import torch.nn.functional as F
 
     h = x
@@ -207,12 +206,9 @@ def _forward(x: Any, params: list[Any], spec: NetworkSpec) -> Any:
             if h.ndim == 4:
                 h = h.mean(dim=(2, 3))
             h = F.linear(h, w, b)
-        if layer.activation == "relu":
-            h = torch.relu(h)
-        elif layer.activation == "tanh":
-            h = torch.tanh(h)
-        elif layer.activation != "identity":
-            raise ValueError(f"CNN zoos support relu and tanh, not {layer.activation!r}")
+        act = get_activation(layer.activation).torch_module(layer)
+        if act is not None:
+            h = act(h)
     return h
 
 

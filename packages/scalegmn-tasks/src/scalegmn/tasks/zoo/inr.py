@@ -42,7 +42,7 @@ class INRZooOptions(BaseModel):
         compile: use `torch.compile` for the fitting step.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     count: int | None = Field(default=None, ge=1)
     widths: tuple[int, ...] = (2, 32, 32, 1)
@@ -204,7 +204,11 @@ def build_inr_zoo(
         `(manifest, stats)`; open the zoo with `scalegmn.tasks.datasets.open_zoo`.
 
     Example:
-        >>> build_inr_zoo("/tmp/zoo", "digits", count=64, steps=100)  # doctest: +SKIP
+        ```python
+        from scalegmn.tasks.zoo.inr import build_inr_zoo
+
+        manifest, stats = build_inr_zoo("/tmp/zoo", "digits", count=64, steps=100)
+        ```
     """
     opts = (options or INRZooOptions()).model_copy(update=kwargs)
     opts = INRZooOptions.model_validate(opts.model_dump())

@@ -1,144 +1,89 @@
-"""Reading and writing zoos: atomic shard files, checksums, lazy memory-mapped access.
+"""Reading and writing zoos: atomic shard files, checksums, checks against the manifest.
 
-Shards are safetensors files. Writing goes to a temporary file in the same folder, which
-is flushed, synced and renamed over the final name (`os.replace`), so a killed build never
-leaves a file under a shard's name that is half written; the manifest records a shard (with
-its SHA-256) only after its file is in place, and is itself replaced atomically. Reading
-parses the safetensors header and memory-maps each tensor, so opening a zoo reads only
-`manifest.json` and the small columns file; a shard is read (and its checksum verified)
-the first time one of its networks is asked for.
+Shards are safetensors files, written and read with the `safetensors` library. Writing goes
+through `scalegmn.weightgraph.io.atomic_write` (a uniquely named temporary file in the same
+folder, synced and renamed over the final name), so a killed build never leaves a file
+under a shard's name that is half written; the manifest records a shard (with its SHA-256)
+only after its file is in place, and is itself replaced atomically. Each shard's metadata
+repeats what the manifest says of it (architecture, first id, count), so a manifest edited
+or mismatched afterwards is caught.
+
+Opening a zoo reads only `manifest.json` and the small columns file, and cross-checks the
+two (network count, split counts, class labels against the class count). A shard is read
+the first time one of its networks is asked for: its checksum is verified, its metadata
+compared with the manifest and its parameters checked to be finite.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import struct
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from safetensors import safe_open
+from safetensors.numpy import save as safetensors_save
 
 from scalegmn.weightgraph import Network, NetworkSpec
+from scalegmn.weightgraph.io import atomic_write, sha256_bytes, sha256_file
 
 from .manifest import SPLITS, Manifest, ShardRecord
 
 MANIFEST = "manifest.json"
 COLUMNS = "columns.safetensors"
 SHARD_DIR = "shards"
-
-_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-    "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
+META_KEY = "scalegmn"
+"""The one safetensors metadata key: a JSON object (one key keeps the bytes reproducible)."""
 
 
 class ZooError(ValueError):
     """A zoo folder or shard that is missing, corrupt, or does not match its manifest."""
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary file in the same folder + `os.replace`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def safetensors_bytes(arrays: Mapping[str, NDArray], metadata: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise numpy arrays with the safetensors library, byte for byte reproducibly.
 
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def safetensors_bytes(arrays: Mapping[str, NDArray], metadata: dict[str, str] | None = None) -> bytes:
-    """Serialise numpy arrays to the safetensors format, byte for byte reproducibly.
-
-    Tensors are laid out in name order and the header is JSON with sorted keys, so equal
+    `metadata` is stored as one JSON string with sorted keys under `META_KEY`, so equal
     inputs give equal files (and equal checksums), which makes resumed builds verifiable.
-    """
-    names = sorted(arrays)
-    codes = {np.dtype(v): k for k, v in _DTYPES.items()}
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {k: str(metadata[k]) for k in sorted(metadata)}
-    blobs, offset = [], 0
-    for name in names:
-        a = np.ascontiguousarray(arrays[name])
-        if a.dtype not in codes:
-            raise ZooError(f"array {name!r} has unsupported dtype {a.dtype}")
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        raw = a.tobytes()
-        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
-
-
-def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the byte offset where its data starts.
 
     Raises:
-        ZooError: if the file is missing or its header is not valid.
+        ZooError: for an array the format cannot hold.
+    """
+    meta = {META_KEY: json.dumps(dict(metadata or {}), sort_keys=True)}
+    try:
+        return safetensors_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta)
+    except Exception as err:  # safetensors reports unsupported dtypes with its own errors
+        raise ZooError(f"cannot store arrays {sorted(arrays)[:5]} as safetensors: {err}") from None
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, NDArray], dict[str, Any]]:
+    """Every array of a safetensors file (in memory) and its metadata.
+
+    Metadata written by `safetensors_bytes` is decoded from `META_KEY`; other files'
+    metadata is returned as the plain string mapping.
+
+    Raises:
+        ZooError: if the file is missing or is not a valid safetensors file (e.g. truncated).
     """
     path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"missing file {path}")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ZooError(f"{path}: too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise ZooError(f"{path}: implausible safetensors header length {n}")
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise ZooError(f"missing file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ZooError(f"{path}: corrupt safetensors header ({e})") from None
-    return header, 8 + n
-
-
-def memmap_safetensors(path: str | os.PathLike[str]) -> dict[str, NDArray]:
-    """Every tensor of a safetensors file as a read-only `np.memmap` (nothing is read yet).
-
-    Raises:
-        ZooError: for a bad header or a tensor that lies outside the file.
-    """
-    header, start = read_safetensors_header(path)
-    size = os.path.getsize(path)
-    out: dict[str, NDArray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ZooError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')}")
-        lo, hi = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if start + hi > size or hi - lo != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
-            raise ZooError(f"{path}: tensor {name!r} does not fit the file (truncated?)")
-        if hi == lo:
-            out[name] = np.zeros(shape, dtype)
-        else:
-            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + lo, shape=shape)
-    return out
+        with safe_open(str(path), framework="numpy") as f:
+            raw = dict(f.metadata() or {})
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # the library raises its own error for a bad header or a truncated file
+        raise ZooError(f"{path}: not a valid safetensors file (truncated or corrupt: {err})") from None
+    meta: dict[str, Any] = raw
+    if META_KEY in raw:
+        try:
+            meta = json.loads(raw[META_KEY])
+        except json.JSONDecodeError:
+            raise ZooError(f"{path}: corrupt metadata") from None
+    return arrays, meta
 
 
 def shard_arrays(
@@ -201,17 +146,18 @@ def write_shard(
             rows = np.unique(np.nonzero(~np.isfinite(a.reshape(a.shape[0], -1)))[0])
             raise ZooError(f"shard {index}: {k} of networks {(rows + start).tolist()[:10]} is not finite")
     rel = f"{SHARD_DIR}/shard-{index:05d}.safetensors"
-    data = safetensors_bytes(arrays, {"format": "scalegmn-zoo-shard", "start": str(start)})
-    atomic_write_bytes(Path(root) / rel, data)
+    count = int(weights[0].shape[0])
+    meta = {"format": "scalegmn-zoo-shard", "start": start, "count": count, "spec": spec.model_dump(mode="json")}
+    data = safetensors_bytes(arrays, meta)
+    atomic_write(Path(root) / rel, data)
     return ShardRecord(
-        index=index, file=rel, spec=spec_index, start=start, count=int(weights[0].shape[0]),
-        sha256=hashlib.sha256(data).hexdigest(), nbytes=len(data),
+        index=index, file=rel, spec=spec_index, start=start, count=count, sha256=sha256_bytes(data), nbytes=len(data),
     )
 
 
 def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> None:
     """Replace `manifest.json` atomically."""
-    atomic_write_bytes(Path(root) / MANIFEST, manifest.model_dump_json(indent=1).encode())
+    atomic_write(Path(root) / MANIFEST, manifest.model_dump_json(indent=1))
 
 
 def read_manifest(root: str | os.PathLike[str]) -> Manifest:
@@ -252,7 +198,7 @@ def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
         path = root / s.file
         if sha256_file(path) != s.sha256:
             raise ZooError(f"{path}: checksum mismatch (corrupt shard); delete it and resume")
-        arrays = memmap_safetensors(path)
+        arrays, _ = read_safetensors(path)
         for c in manifest.columns:
             if f"col.{c}" not in arrays:
                 raise ZooError(f"{path}: column {c!r} is missing")
@@ -261,23 +207,25 @@ def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
     if not np.array_equal(cols["col.id"], np.arange(manifest.n_networks)):
         raise ZooError(f"{root}: network ids are not 0..{manifest.n_networks - 1} in order")
     data = safetensors_bytes(cols, {"format": "scalegmn-zoo-columns"})
-    atomic_write_bytes(root / COLUMNS, data)
+    atomic_write(root / COLUMNS, data)
     split = cols["col.split"]
     counts = {name: int(np.sum(split == k)) for k, name in enumerate(SPLITS)}
     done = manifest.model_copy(update={
         "complete": True, "columns_file": COLUMNS,
-        "columns_sha256": hashlib.sha256(data).hexdigest(), "split_counts": counts,
+        "columns_sha256": sha256_bytes(data), "split_counts": counts,
     })
     write_manifest(root, done)
     return done
 
 
 class Zoo:
-    """A zoo opened for reading; shards are memory-mapped on first use.
+    """A zoo opened for reading; a shard is read, checked and kept the first time it is used.
 
-    Opening reads `manifest.json` and `columns.safetensors` only. `verify` decides when a
-    shard's SHA-256 is checked: `"access"` (the first time the shard is used; default),
-    `"open"` (every shard at open: reads everything), or `"none"`.
+    Opening reads `manifest.json` and `columns.safetensors` only and cross-checks them (see
+    `check_columns`). `verify` decides when a shard's SHA-256 is checked: `"access"` (the
+    first time the shard is used; default), `"open"` (every shard at open: reads
+    everything), or `"none"`. A shard's metadata (architecture, first id, count) and the
+    finiteness of its parameters are checked whenever it is read.
 
     Attributes:
         root: the zoo folder.
@@ -303,14 +251,17 @@ class Zoo:
         cpath = self.root / m.columns_file
         if verify != "none" and sha256_file(cpath) != m.columns_sha256:
             raise ZooError(f"{cpath}: checksum mismatch (corrupt columns file)")
-        cols = memmap_safetensors(cpath)
+        cols, _ = read_safetensors(cpath)
         self.columns: dict[str, NDArray] = {k[4:]: np.asarray(v) for k, v in cols.items()}
+        check_columns(self.root, m, self.columns)
         self._shards = m.sorted_shards()
         self._starts = np.array([s.start for s in self._shards], dtype=np.int64)
         self._open: dict[int, dict[str, NDArray]] = {}
+        self._check_architectures()
         if verify == "open":
-            for k in range(len(self._shards)):
-                self._shard(k)
+            problems = self.verify_shards()
+            if problems:
+                raise ZooError(problems[0])
 
     def __len__(self) -> int:
         return self.manifest.n_networks
@@ -341,18 +292,65 @@ class Zoo:
     def _shard(self, k: int) -> dict[str, NDArray]:
         arrays = self._open.get(k)
         if arrays is None:
-            rec = self._shards[k]
-            path = self.root / rec.file
-            if not path.is_file():
-                raise ZooError(f"{path}: shard file is missing (networks {rec.start}..{rec.start + rec.count - 1})")
-            if self.verify != "none" and sha256_file(path) != rec.sha256:
-                raise ZooError(
-                    f"{path}: checksum mismatch (networks {rec.start}..{rec.start + rec.count - 1}); "
-                    "the shard is corrupt: delete it, mark the zoo incomplete and resume the build"
-                )
-            arrays = memmap_safetensors(path)
+            arrays = self._read_shard(k, self.verify != "none")
             self._open[k] = arrays
         return arrays
+
+    def _read_shard(self, k: int, checksum: bool) -> dict[str, NDArray]:
+        """Shard `k` (in sorted order), read and checked against its record and the manifest."""
+        rec = self._shards[k]
+        path = self.root / rec.file
+        span = f"networks {rec.start}..{rec.start + rec.count - 1}"
+        if not path.is_file():
+            raise ZooError(f"{path}: shard file is missing ({span})")
+        if checksum and sha256_file(path) != rec.sha256:
+            raise ZooError(
+                f"{path}: checksum mismatch ({span}); the shard is corrupt: delete it and resume the build "
+                "(scalegmn zoo build ... --resume rebuilds it)"
+            )
+        arrays, meta = read_safetensors(path)
+        check_shard(path, rec, self.specs[rec.spec], arrays, meta)
+        return arrays
+
+    def _check_architectures(self) -> None:
+        """Compare each architecture of the manifest with the metadata of one of its shards.
+
+        Only the headers are read (of the first shard present for each architecture), so
+        opening stays cheap; every shard is compared in full when it is read.
+        """
+        seen: set[int] = set()
+        for rec in self._shards:
+            path = self.root / rec.file
+            if rec.spec in seen or not path.is_file():
+                continue
+            seen.add(rec.spec)
+            try:
+                with safe_open(str(path), framework="numpy") as f:
+                    raw = (f.metadata() or {}).get(META_KEY)
+            except Exception:  # a corrupt shard is reported, with its checksum, when it is read
+                continue
+            if raw is not None:
+                meta = {k: v for k, v in json.loads(raw).items() if k == "spec"}
+                check_shard(path, rec, self.specs[rec.spec], None, meta)
+
+    def verify_shards(self, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Read and check every shard (checksum, metadata, finiteness) without keeping it.
+
+        Args:
+            progress: called with each shard's position once it is checked.
+
+        Returns:
+            One line per bad shard (empty when every shard is sound).
+        """
+        problems = []
+        for k in range(len(self._shards)):
+            try:
+                self._read_shard(k, True)
+            except ZooError as err:
+                problems.append(str(err))
+            if progress is not None:
+                progress(k)
+        return problems
 
     def locate(self, ids: NDArray[np.int64]) -> NDArray[np.int64]:
         """The position (in sorted shard order) of the shard holding each id."""
@@ -418,6 +416,77 @@ class Zoo:
         return edges, counts
 
 
-def open_zoo_store(path: str | os.PathLike[str], verify: Literal["access", "open", "none"] = "access") -> Zoo:
-    """Open a zoo folder for reading (see `Zoo`)."""
-    return Zoo(path, verify=verify)
+
+def check_columns(root: Path, manifest: Manifest, columns: Mapping[str, NDArray]) -> None:
+    """Cross-check a manifest with its columns file: counts, splits, class labels.
+
+    Raises:
+        ZooError: one line naming the mismatch and the manifest field.
+    """
+    where = root / MANIFEST
+    missing = [c for c in ("id", "target", "split") if c not in columns]
+    if missing:
+        raise ZooError(f"{root / COLUMNS}: columns {missing} are missing")
+    n = int(columns["id"].shape[0])
+    if n != manifest.n_networks or any(len(v) != n for v in columns.values()):
+        raise ZooError(f"{where}: n_networks is {manifest.n_networks} but the columns file holds {n} networks")
+    held = sum(s.count for s in manifest.shards)
+    if held != manifest.n_networks:
+        raise ZooError(f"{where}: the shards hold {held} networks but n_networks is {manifest.n_networks}")
+    split = columns["split"]
+    counts = {name: int(np.sum(split == k)) for k, name in enumerate(SPLITS)}
+    if manifest.split_counts and manifest.split_counts != counts:
+        raise ZooError(f"{where}: split_counts says {manifest.split_counts} but the split column holds {counts}")
+    target = manifest.target
+    t = np.asarray(columns["target"])
+    if target.kind == "class" and t.size:
+        if t.dtype.kind == "f" and not np.all(t == np.round(t)):
+            raise ZooError(f"{where}: target.kind is 'class' but the targets are not integers (a regression zoo?)")
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or (target.n_classes is not None and hi >= target.n_classes):
+            raise ZooError(
+                f"{where}: target.n_classes is {target.n_classes} but the labels run from {lo} to {hi}"
+            )
+        if target.class_names and target.n_classes is not None and len(target.class_names) != target.n_classes:
+            raise ZooError(f"{where}: {len(target.class_names)} class_names for {target.n_classes} classes")
+
+
+def check_shard(path: Path, rec: ShardRecord, spec: NetworkSpec, arrays: Mapping[str, NDArray] | None,
+                meta: Mapping[str, Any]) -> None:
+    """Check a shard read from `path` against its manifest record and architecture.
+
+    The metadata (architecture, first id, count; absent in shards written before it was
+    recorded) must agree with the manifest; the parameter arrays must have the shapes of
+    `spec` and be finite (`arrays=None` checks the metadata only).
+
+    Raises:
+        ZooError: one line naming the file and, for non-finite values, the network ids.
+    """
+    if "spec" in meta:
+        stored = NetworkSpec.model_validate(meta["spec"])
+        if stored != spec:
+            if stored.activations != spec.activations:
+                what = f"activations {spec.activations} but the shard holds {stored.activations}"
+            elif stored.widths != spec.widths:
+                what = f"widths {spec.widths} but the shard holds {stored.widths}"
+            else:
+                what = "another architecture than the shard holds"
+            raise ZooError(f"{path}: the manifest (specs[{rec.spec}]) says {what}; the manifest does not describe this zoo")
+    for key, want in (("start", rec.start), ("count", rec.count)):
+        if key in meta and int(meta[key]) != want:
+            raise ZooError(f"{path}: the manifest records {key}={want} for this shard, the shard says {meta[key]}")
+    if arrays is None:
+        return
+    for i, layer in enumerate(spec.layers):
+        for name, shape in ((f"w{i}", (rec.count, *layer.weight_shape)), (f"b{i}", (rec.count, layer.n_out))):
+            a = arrays.get(name)
+            if a is None or tuple(a.shape) != shape:
+                got = "missing" if a is None else f"shape {tuple(a.shape)}"
+                raise ZooError(f"{path}: {name} is {got}; the manifest's architecture needs {shape}")
+            if a.dtype.kind != "f":
+                raise ZooError(f"{path}: {name} has dtype {a.dtype}; parameters are floating point")
+            bad = ~np.isfinite(a.reshape(rec.count, -1)).all(axis=1)
+            if bad.any():
+                ids = (np.nonzero(bad)[0] + rec.start).tolist()
+                raise ZooError(f"{path}: network {ids[0]} has non-finite parameters in {name} "
+                               f"({len(ids)} network(s) affected: {ids[:5]}); rebuild this shard")

@@ -21,15 +21,24 @@ def build_spec(
     framework, which must be TensorFlow's "same" rule for the map they meet (they become
     `padding="same"`).
 
+    Without `input_shape`, a conv network whose parameters do not depend on the map size (no
+    flatten before a dense layer, no explicit pads) gets `nominal_input_shape`.
+
     Raises:
-        UnsupportedLayerError: a conv network without `input_shape`, or explicit pads that are
-            not "same" padding.
+        UnsupportedLayerError: a conv network that needs `input_shape` and has none, or explicit
+            pads that are not "same" padding.
     """
     if not layers:
         raise UnsupportedLayerError("the model has no Linear or Conv2d layers")
     n_conv = sum(1 for lay in layers if lay["kind"] == "conv")
     if n_conv and input_shape is None:
-        raise UnsupportedLayerError("a conv network needs input_shape=(channels, height, width)")
+        if pooling == "flatten" and n_conv < len(layers):
+            raise UnsupportedLayerError(
+                "a dense layer after a flatten is sized by the image: pass input_shape=(channels, height, width)"
+            )
+        if any("explicit_pads" in lay for lay in layers):
+            raise UnsupportedLayerError("explicit padding depends on the map size: pass input_shape=(channels, height, width)")
+        input_shape = nominal_input_shape(layers)
     shape = tuple(input_shape) if input_shape is not None else (layers[0]["in_features"],)
     hw = shape[1:]
     built: list[DenseLayer | ConvLayer] = []
@@ -55,3 +64,21 @@ def build_spec(
         pooling=pooling if n_conv and n_conv < len(built) else None,  # type: ignore[arg-type]
         output_offset=output_offset,
     )
+
+
+def nominal_input_shape(layers: list[dict[str, Any]], least: int = 8) -> tuple[int, int, int]:
+    """The smallest square input, at least `least` pixels, that every conv layer accepts.
+
+    Raises:
+        UnsupportedLayerError: if no map up to 4096 pixels fits.
+    """
+    convs = [ConvLayer(**{k: v for k, v in lay.items() if k != "kind"}) for lay in layers if lay["kind"] == "conv"]
+    for size in range(least, 4097):
+        hw = (size, size)
+        try:
+            for conv in convs:
+                hw = conv.output_hw(*hw)
+        except ValueError:
+            continue
+        return (convs[0].in_channels, size, size)
+    raise UnsupportedLayerError("no input size up to 4096x4096 fits these conv layers: pass input_shape")

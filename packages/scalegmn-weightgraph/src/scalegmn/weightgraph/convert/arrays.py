@@ -80,7 +80,14 @@ def from_arrays(
 
     Without `spec`, an MLP is inferred from the shapes (hidden `activation`, linear output);
     conv networks need a spec.
+
+    Raises:
+        NetworkError: no layers, unequal numbers of weights and biases, or shapes that do not chain.
     """
+    if len(weights) == 0:
+        raise NetworkError("from_arrays needs one weight array per layer; got none (an empty list)")
+    if len(weights) != len(biases):
+        raise NetworkError(f"from_arrays got {len(weights)} weight arrays but {len(biases)} bias arrays")
     ws = [_to_numpy(w) for w in weights]
     bs = [_to_numpy(b).reshape(-1) for b in biases]
     if spec is None:

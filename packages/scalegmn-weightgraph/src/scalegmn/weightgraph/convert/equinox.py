@@ -12,15 +12,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..activations import REGISTRY, get_activation
 from ..errors import UnsupportedLayerError
 from ..network import Network
 from ..schemas import ConvLayer
 from ._spec import build_spec
+from ._verify import verify_same_function
+
+
+def _equinox_activation_names() -> str:
+    return ", ".join(e.equinox.replace("jax.numpy.", "jnp.").replace(f"{__name__}.", "")
+                     for e in REGISTRY.values() if e.name != "identity")
+
 
 SUPPORTED = (
     "eqx.nn.MLP, or eqx.nn.Sequential of eqx.nn.Linear, eqx.nn.Conv2d (dilation 1, groups 1) and "
-    "eqx.nn.Lambda holding jax.nn.relu, jnp.tanh, jax.nn.sigmoid, exact GELU, jax.nn.silu, "
-    "jax.nn.softplus, jax.nn.elu, Sine, LeakyReLU, global_avg_pool or flatten"
+    f"eqx.nn.Lambda holding {_equinox_activation_names()}, global_avg_pool or flatten"
 )
 
 
@@ -52,33 +59,30 @@ def flatten(x: jax.Array) -> jax.Array:
     return jnp.reshape(x, (-1,))
 
 
-def _gelu(x: jax.Array) -> jax.Array:
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """The exact (erf) GELU, as `torch.nn.GELU()` computes it (`jax.nn.gelu` defaults to tanh)."""
     return jax.nn.gelu(x, approximate=False)
+
+
+_gelu = gelu_exact
 
 
 def _identity(x: jax.Array) -> jax.Array:
     return x
 
 
-_FUNCS: dict[str, Any] = {
-    "relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": _gelu,
-    "silu": jax.nn.silu, "softplus": jax.nn.softplus, "elu": jax.nn.elu, "identity": _identity,
-}
-
-
 def _act_name(fn: Any) -> tuple[str, dict[str, float]] | None:
     if isinstance(fn, eqx.nn.Lambda):
         fn = fn.fn
-    if isinstance(fn, Sine):
-        return "sine", {"w0": fn.w0}
-    if isinstance(fn, LeakyReLU):
-        return "leaky_relu", {"negative_slope": fn.negative_slope}
-    for name, f in _FUNCS.items():
-        if fn is f:
-            return name, {}
+    for entry in REGISTRY.values():
+        obj = entry.equinox_object()
+        if entry.params and isinstance(obj, type) and isinstance(fn, obj):
+            return entry.name, {p: float(getattr(fn, p)) for p in entry.params}
+        if fn is obj:
+            return entry.name, {}
     if fn is jax.nn.gelu:
         raise UnsupportedLayerError("jax.nn.gelu defaults to the tanh approximation; use an exact GELU lambda "
-                                    "(scalegmn.weightgraph.convert.equinox._gelu)")
+                                    "(scalegmn.weightgraph.convert.equinox.gelu_exact)")
     if fn is jax.nn.leaky_relu:
         return "leaky_relu", {"negative_slope": 0.01}
     if fn is jnp.sin:
@@ -94,10 +98,17 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
     """A `Network` from `eqx.nn.MLP` or an `eqx.nn.Sequential` of Linear / Conv2d / Lambda layers.
 
     Lambdas may hold an activation (`jax.nn.relu`, `jnp.tanh`, ..., `Sine`, `LeakyReLU`),
-    `global_avg_pool` or `flatten` (from this module).
+    `global_avg_pool` or `flatten` (from this module). The result is checked: the model
+    (vmapped, in its own dtype) and the network are run on a few seeded random inputs and
+    must agree to rounding.
+
+    Args:
+        model: the equinox model (it acts on one unbatched input).
+        input_shape: `(C, H, W)`; needed only when a dense layer follows a flatten.
 
     Raises:
-        UnsupportedLayerError: naming the layer index and class.
+        UnsupportedLayerError: naming the layer index and class, or saying that the model
+            computes something its layer list does not show (e.g. a padding mode).
     """
     if isinstance(model, eqx.nn.MLP):
         act = _act_name(model.activation)
@@ -158,7 +169,9 @@ def from_equinox(model: Any, input_shape: tuple[int, ...] | None = None) -> Netw
             layers[-1]["activation"] = act[0]
             layers[-1].update(act[1])
     spec = build_spec(layers, input_shape, pooling)
-    return Network(spec, ws, bs)
+    net = Network(spec, ws, bs)
+    run = jax.vmap(model)
+    return verify_same_function(type(model).__name__, net, lambda x: np.asarray(run(jnp.asarray(x))), net.dtype)
 
 
 def to_equinox(network: Network, key: jax.Array | None = None) -> eqx.nn.Sequential:
@@ -188,13 +201,8 @@ def to_equinox(network: Network, key: jax.Array | None = None) -> eqx.nn.Sequent
             if layer.bias:
                 m = eqx.tree_at(lambda c: c.bias, m, jnp.asarray(b))
         mods.append(m)
-        a = layer.activation
-        if a == "sine":
-            mods.append(eqx.nn.Lambda(Sine(layer.w0)))
-        elif a == "leaky_relu":
-            mods.append(eqx.nn.Lambda(LeakyReLU(layer.negative_slope)))
-        elif a != "identity":
-            mods.append(eqx.nn.Lambda(_FUNCS[a]))
+        if layer.activation != "identity":
+            mods.append(eqx.nn.Lambda(get_activation(layer.activation).equinox_function(layer)))
     if spec.output_offset:
         off = spec.output_offset
         mods.append(eqx.nn.Lambda(lambda x: x + off))

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+from copy import deepcopy as copy_module
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..activations import REGISTRY, get_activation, torch_entry
 from ..errors import UnsupportedLayerError
 from ..network import Network
 from ..schemas import ConvLayer, DenseLayer
 from ._spec import build_spec
+from ._verify import verify_same_function
+
+
+def _torch_activation_names() -> str:
+    names = []
+    for entry in REGISTRY.values():
+        if entry.torch is not None:
+            fixed = ", ".join(f"{k}={v!r}" for k, v in entry.torch_fixed.items())
+            names.append(entry.torch.rpartition(".")[2] + (f"({fixed})" if fixed else ""))
+    return ", ".join(names)
+
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (dilation 1, groups 1, zero padding), nn.ZeroPad2d before a Conv2d, "
-    "ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU, Softplus, ELU(alpha=1), Identity, Sine, "
+    f"{_torch_activation_names()}, Identity, "
     "AdaptiveAvgPool2d(1), Flatten, Dropout (a no-op at inference)"
 )
 
@@ -42,12 +55,6 @@ class AddConstant(nn.Module):
         return x + self.value
 
 
-_ACT_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.SiLU: "silu",
-    nn.Softplus: "softplus", nn.ELU: "elu", nn.LeakyReLU: "leaky_relu",
-}
-
-
 def _leaves(module: nn.Module, prefix: str = "", root: bool = True) -> list[tuple[str, nn.Module]]:
     """Layers in registration order: containers and the root module are opened, any other
     module with children (attention, recurrent, residual blocks) stays whole and is refused."""
@@ -67,18 +74,16 @@ def _leaves(module: nn.Module, prefix: str = "", root: bool = True) -> list[tupl
 def _activation_of(m: nn.Module, path: str) -> tuple[str, dict[str, float]] | None:
     if hasattr(m, "w0") and "sine" in type(m).__name__.lower():
         return "sine", {"w0": float(m.w0)}  # type: ignore[arg-type]
-    for cls, name in _ACT_MODULES.items():
-        if isinstance(m, cls):
-            if isinstance(m, nn.LeakyReLU):
-                return name, {"negative_slope": float(m.negative_slope)}
-            if isinstance(m, nn.ELU) and m.alpha != 1.0:
-                raise UnsupportedLayerError(f"{path}: ELU with alpha={m.alpha}; only alpha=1 is supported")
-            if isinstance(m, nn.Softplus) and (m.beta != 1 or m.threshold != 20):
-                raise UnsupportedLayerError(f"{path}: Softplus must have beta=1, threshold=20")
-            if isinstance(m, nn.GELU) and m.approximate != "none":
-                raise UnsupportedLayerError(f"{path}: GELU(approximate='tanh') is not supported; use the exact GELU")
-            return name, {}
-    return None
+    entry = torch_entry(m)
+    if entry is None:
+        return None
+    bad = {k: getattr(m, k) for k, v in entry.torch_fixed.items() if getattr(m, k) != v}
+    if bad:
+        got = ", ".join(f"{k}={v!r}" for k, v in bad.items())
+        need = ", ".join(f"{k}={v!r}" for k, v in entry.torch_fixed.items())
+        raise UnsupportedLayerError(f"{path}: {type(m).__name__} with {got} is not supported; "
+                                    f"{entry.name} needs {need}")
+    return entry.name, {p: float(getattr(m, p)) for p in entry.params}
 
 
 def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
@@ -90,14 +95,25 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
     `w0` attribute, with sine applied in `forward`: pass `activation="sine"` or give the
     module a `w0`; an MLP applying ReLU functionally: pass `activation="relu"`).
 
+    The module's `forward` is not read, so the result is checked: the module (a float64 copy,
+    in eval mode) and the network are run on a few seeded random inputs and must agree to
+    rounding. A constant added after the last layer becomes the `output_offset`.
+
     Args:
         module: the module.
-        input_shape: `(C, H, W)` for conv networks (needed to size flatten layers); MLPs infer it.
+        input_shape: `(C, H, W)`; needed only when a dense layer follows a flatten (it sizes
+            that layer). MLPs infer it; a CNN with global average pooling (or none) gets the
+            smallest square map of at least 8 pixels its convs accept, which changes neither
+            its parameters nor its graph.
         activation: hidden activation for modules that apply it functionally.
 
     Raises:
-        UnsupportedLayerError: naming the module path and class, and listing what is supported.
+        UnsupportedLayerError: naming the module path and class, and listing what is supported;
+            or naming the module whose `forward` computes something its layers do not show
+            (a residual block, a functional activation without `activation=`).
     """
+    if not isinstance(module, nn.Module):
+        raise UnsupportedLayerError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     leaves = _leaves(module)
     has_act = any(_activation_of(m, p) for p, m in leaves)
     functional = activation
@@ -171,19 +187,40 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None,
             if functional == "sine" and hasattr(module, "w0"):
                 lay.setdefault("w0", float(module.w0))  # type: ignore[arg-type]
     spec = build_spec(layers, input_shape, pooling, offset)
-    return Network(spec, weights, biases)
+    hint = "" if isinstance(module, nn.Sequential) else (
+        "; write it as an nn.Sequential, or pass activation=... if it applies one activation functionally"
+    )
+    run, dtype = _runner(module)
+    return verify_same_function(type(module).__name__, Network(spec, weights, biases), run, dtype, hint)
+
+
+def _runner(module: nn.Module) -> tuple[Any, np.dtype]:
+    """The module as a numpy function in eval mode (dropout off), without gradients.
+
+    A float64 CPU copy when the module can be copied; otherwise the module itself in its own
+    dtype and device (its train/eval flags are restored afterwards).
+    """
+    try:
+        target = copy_module(module).to(device="cpu", dtype=torch.float64)
+    except Exception:  # a module holding something deepcopy cannot copy: run it as it is
+        target = module
+    p = next(target.parameters())
+    flags = {m: m.training for m in target.modules()}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        target.eval()
+        try:
+            with torch.no_grad():
+                return target(torch.from_numpy(x).to(device=p.device, dtype=p.dtype)).cpu().double().numpy()
+        finally:
+            for m, flag in flags.items():
+                m.train(flag)
+
+    return run, torch.empty((), dtype=p.dtype).numpy().dtype
 
 
 def _act_module(layer: DenseLayer | ConvLayer) -> nn.Module | None:
-    a = layer.activation
-    if a == "identity":
-        return None
-    if a == "sine":
-        return Sine(layer.w0)
-    if a == "leaky_relu":
-        return nn.LeakyReLU(layer.negative_slope)
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU,
-            "softplus": nn.Softplus, "elu": nn.ELU}[a]()
+    return get_activation(layer.activation).torch_module(layer)  # type: ignore[no-any-return]
 
 
 def to_torch(network: Network) -> nn.Sequential:

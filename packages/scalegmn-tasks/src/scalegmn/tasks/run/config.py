@@ -1,0 +1,179 @@
+"""The settings every run shares, the run config of the zoo tasks, and reading config files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scalegmn.weightgraph import ScaleGMNConfig
+
+ModelKindName = Literal["scalegmn", "gmn", "gmn_canon", "mlp"]
+TaskName = Literal["auto", "classification", "regression"]
+BackendName = Literal["torch", "jax"]
+
+
+class TrainError(ValueError):
+    """A run that cannot start or go on: bad config, a zoo that does not fit, a resume that
+    does not match, a folder another run owns, a corrupt state, a non-finite loss."""
+
+
+class NonFiniteError(TrainError):
+    """The loss or the gradient became NaN or infinite; the run stopped at its last good state."""
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite float inside `value`, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (bad := _non_finite(v, f"{where}.{k}" if where else str(k))) is not None:
+                return bad
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            if (bad := _non_finite(v, f"{where}[{i}]")) is not None:
+                return bad
+    return None
+
+
+class LoopConfig(BaseModel):
+    """The optimisation settings every run shares (the paper's protocol).
+
+    Attributes:
+        lr: AdamW learning rate (constant after the warm-up).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        grad_clip: gradient norm clipping.
+        batch_size: networks per step.
+        epochs: passes over the (possibly truncated) train split.
+        seed: model initialisation and batch order.
+        max_train: use only the first `max_train` train networks.
+        backend: `"torch"` (data parallel under torchrun) or `"jax"` (data parallel over
+            `jax.devices()`).
+        threads: torch threads per process (None: torch's default; the JAX backend ignores
+            it: XLA's threads are fixed by `XLA_FLAGS` before jax starts).
+        device: `"auto"` (a GPU if torch sees one, else the CPU; under torchrun the
+            process's `LOCAL_RANK` GPU), `"cpu"`, `"cuda"` or `"cuda:N"`. A GPU that is
+            not there stops the run before any work. The JAX backend places arrays on its
+            default devices and only checks that a GPU exists when one is asked for.
+
+    NaN and infinite numbers are refused here and in the nested model configuration.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    grad_clip: float = Field(default=10.0, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    seed: int = 0
+    max_train: int | None = Field(default=None, ge=1)
+    backend: BackendName = "torch"
+    threads: int | None = Field(default=None, ge=1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+
+    @model_validator(mode="after")
+    def _finite_everywhere(self) -> LoopConfig:
+        # allow_inf_nan does not reach nested models (the ScaleGMNConfig): walk the dump.
+        bad = _non_finite(self.model_dump(mode="python"))
+        if bad is not None:
+            raise ValueError(f"{bad} must be a finite number (NaN and infinity are refused)")
+        return self
+
+
+class RunConfig(LoopConfig):
+    """One training run on a zoo (unknown keys and impossible values are refused before any work).
+
+    Attributes:
+        zoo: the zoo folder (`scalegmn zoo build ...`).
+        model: `"scalegmn"` (symmetry from the config, `"auto"` by default), `"gmn"` (the
+            permutation-only GMN on group-normalised inputs), `"gmn_canon"` (GMN on
+            canonicalised inputs) or `"mlp"` (an MLP on the flattened weights); see
+            `scalegmn.tasks.run.models`.
+        gmn: the model configuration (for scalegmn and the GMN baselines).
+        mlp_hidden: width of the MLP baseline.
+        task: `"classification"`, `"regression"` (generalisation prediction), or `"auto"`
+            (from the zoo's target kind; an explicit task must agree with it).
+        input_scaling: `"layer"` divides every layer's weights and biases by one scalar each,
+            their root mean square over the training split (exact for every group: a fixed
+            scalar per layer commutes with permutations, sign flips and scalings), so that
+            tiny SIREN weights (~1e-2) reach the model at unit scale; `"none"` feeds raw weights.
+
+    The optimisation settings, `backend` and `threads` are those of `LoopConfig`.
+    """
+
+    zoo: str
+    model: ModelKindName = "scalegmn"
+    gmn: ScaleGMNConfig = Field(default_factory=lambda: ScaleGMNConfig(d_hidden=32, n_layers=2, d_out=10))
+    mlp_hidden: int = Field(default=256, ge=1)
+    task: TaskName = "auto"
+    input_scaling: Literal["layer", "none"] = "layer"
+
+
+def validation_line(err: Any) -> str:
+    """A pydantic `ValidationError` as one line: `key: problem (got value)` per error, `; `-joined."""
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e.get("loc", ())) or "config"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        parts.append(f"{key}: {e['msg']}{got}")
+    return "; ".join(parts)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a JSON or YAML config file, with one-line errors naming file and line.
+
+    Args:
+        path: a `.json`, `.yaml` or `.yml` file.
+
+    Returns:
+        The parsed mapping (an empty YAML file gives `{}`).
+
+    Raises:
+        TrainError: the file is missing, is not valid JSON/YAML (the message names the line),
+            or does not hold a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"{path}: no such config file")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise TrainError(f"{path}{line}: YAML syntax error: {problem}; fix the file at that line") from None
+        raw = {} if raw is None else raw
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TrainError(f"{path}:{err.lineno}: JSON syntax error: {err.msg}; fix the file at that line") from None
+    if not isinstance(raw, dict):
+        raise TrainError(f"{path}: a config file holds a mapping of keys to values, not a {type(raw).__name__}")
+    return raw
+
+
+def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read a run config from a JSON or YAML file, with a message naming the file on error.
+
+    Raises:
+        TrainError: see `read_config_file`; or the content is not a valid `RunConfig`.
+    """
+    from pydantic import ValidationError
+
+    raw = read_config_file(path)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise TrainError(f"{path}: invalid run config: {validation_line(err)}") from None
