@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalegmn.jax import ScaleGMN, ScaleGMNConfig, collate, load_checkpoint, save_checkpoint
+from scalegmn.jax.layer import GMNLayer
 from scalegmn.symmetry.testing import assert_equivariant, assert_invariant
 from scalegmn.weightgraph import NetworkSpec, random_network
 
@@ -64,15 +67,31 @@ def test_permutation_mode_is_not_scale_invariant():
         assert_invariant(lambda n: model(collate([n])), net)
 
 
-def test_naive_bidirectional_message_fails_for_relu(monkeypatch):
-    """Negative control: without the correction factor ScaleGMN-B is only sign equivariant."""
-    from scalegmn.jax import model as mod
+class _NaiveLayer(GMNLayer):
+    """A deliberately broken layer: the backward message without the correction factor c_ji."""
 
+    def backward_rescale(self, s, e, n_src, n_dst):
+        return s * self.bwd.rescale.b(e)
+
+
+def _with_naive_backward(model):
+    """`model` with every layer swapped for a `_NaiveLayer` holding the same parameters."""
+    def naive(layer):
+        broken = object.__new__(_NaiveLayer)
+        for f in dataclasses.fields(layer):
+            object.__setattr__(broken, f.name, getattr(layer, f.name))
+        return broken
+
+    return eqx.tree_at(lambda m: m.layers, model, tuple(naive(layer) for layer in model.layers))
+
+
+def test_naive_bidirectional_message_fails_for_relu():
+    """Negative control: without the correction factor ScaleGMN-B is only sign equivariant."""
     model = _model(symmetry="auto", bidirectional=True)
     relu_net = random_network(_spec("mlp", "relu"), 0)
     tanh_net = random_network(_spec("mlp", "tanh"), 0)
     assert_invariant(lambda n: model(collate([n])), relu_net)
-    monkeypatch.setattr(mod, "_NAIVE_BACKWARD", True)
+    model = _with_naive_backward(model)
     with pytest.raises(AssertionError, match="not invariant"):
         assert_invariant(lambda n: model(collate([n])), relu_net)
     assert_invariant(lambda n: model(collate([n])), tanh_net)

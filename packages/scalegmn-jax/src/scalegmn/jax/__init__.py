@@ -9,9 +9,8 @@ from scalegmn.weightgraph import ScaleGMNConfig
 
 from .batch import DenseGraphBatch, GraphBatch, collate
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .model import ScaleGMN, forward
+from .model import ScaleGMN, forward, init_params, param_shapes
 from .parallel import DATA_AXIS, ShardedBatch, make_mesh, replicate, shard_batch
-from .params import init_params, param_shapes
 from .train import TrainStep, init_optimizer, make_optimizer, make_train_step, warmup_constant
 
 __all__ = [

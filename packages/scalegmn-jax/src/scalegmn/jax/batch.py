@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import equinox as eqx
 import numpy as np
+from einops import rearrange
 from jaxtyping import Array, Bool, Float, Int
 
 import jax.numpy as jnp
@@ -82,8 +83,8 @@ class DenseGraphBatch(eqx.Module):
     def to_networks(self, node_features: Array, edge_features: Array) -> list[Network]:
         """Decode features laid out like this batch (an equivariant head's output) to networks."""
         node, edge = np.asarray(node_features), np.asarray(edge_features)
-        return split_graph_features(self.specs, node.reshape(-1, node.shape[-1]),
-                                    edge.reshape(-1, edge.shape[-1]))
+        return split_graph_features(self.specs, rearrange(node, "... d -> (...) d"),
+                                    rearrange(edge, "... d -> (...) d"))
 
 
 def _shape_key(spec: NetworkSpec) -> tuple:
@@ -137,9 +138,9 @@ def collate(networks: Sequence[Network], dtype: jnp.dtype | None = None, *,
     lay = layout(specs[0])
     n, e = int(lay.node_offsets[-1]), int(lay.edge_offsets[-1])
     return DenseGraphBatch(
-        node_features=put(arrays["node_features"].reshape(B, n, -1)),
-        edge_features=put(arrays["edge_features"].reshape(B, e, -1)),
-        node_group=put(arrays["node_group"].reshape(B, n)),
+        node_features=put(rearrange(arrays["node_features"], "(b n) d -> b n d", b=B, n=n)),
+        edge_features=put(rearrange(arrays["edge_features"], "(b e) d -> b e d", b=B, e=e)),
+        node_group=put(rearrange(arrays["node_group"], "(b n) -> b n", b=B, n=n)),
         src=put(lay.edge_index[0]),
         dst=put(lay.edge_index[1]),
         node_role=put(lay.node_role),

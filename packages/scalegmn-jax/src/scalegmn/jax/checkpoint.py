@@ -17,8 +17,7 @@ from scalegmn.weightgraph.checkpoint import (
     write_checkpoint_dir,
 )
 
-from .model import ScaleGMN
-from .params import as_numpy, param_shapes
+from .model import ScaleGMN, param_shapes
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -27,7 +26,7 @@ def save_checkpoint(model: ScaleGMN, path: str | os.PathLike[str]) -> Path:
     """Write `model` to the directory `path` atomically (readable by `scalegmn.torch` too)."""
     if not isinstance(model, ScaleGMN):
         raise TypeError(f"save_checkpoint expects a ScaleGMN, got {type(model).__name__}")
-    arrays = as_numpy(model.params)
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in model.params.items()}
     return write_checkpoint_dir(
         path, model.config, lambda f: save_file(arrays, str(f), metadata={"format": "scalegmn"})
     )

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import equinox as eqx
 import numpy as np
+from einops import rearrange
 from jaxtyping import Array, Bool
 
 import jax
@@ -153,7 +154,7 @@ def _shard_dense(networks: list[Network], labels: np.ndarray, n_dev: int, b: int
     _, static = eqx.partition(subs[0], eqx.is_array)
     stacked = jax.tree_util.tree_map(lambda *xs: jax.device_put(jnp.stack(xs), sharding), *arrays)
     graphs = dataclasses.replace(eqx.combine(stacked, static), specs=tuple(n.spec for n in networks))
-    mask = (np.arange(n_dev * b) < len(networks)).reshape(n_dev, b)
+    mask = rearrange(np.arange(n_dev * b) < len(networks), "(dev b) -> dev b", dev=n_dev)
     lab = np.concatenate([labels, np.zeros((n_dev * b - len(networks), *labels.shape[1:]), labels.dtype)])
     put = lambda a: jax.device_put(jnp.asarray(a), sharding)  # noqa: E731
-    return ShardedBatch(graphs=graphs, mask=put(mask)), put(lab.reshape(n_dev, b, *labels.shape[1:]))
+    return ShardedBatch(graphs=graphs, mask=put(mask)), put(rearrange(lab, "(dev b) ... -> dev b ...", dev=n_dev))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from scalegmn.weightgraph import ScaleGMNConfig
 
 from .batch import DenseGraphBatch, GraphBatch
-from .model import ScaleGMN, forward
+from .model import ScaleGMN
 from .parallel import ShardedBatch
 
 __all__ = ["TrainStep", "init_optimizer", "make_optimizer", "make_train_step", "warmup_constant"]
@@ -92,21 +92,21 @@ def _strip(batch: Any) -> Any:
     return batch
 
 
-def _loss_sum_and_count(params: dict[str, Array], config: ScaleGMNConfig, batch: Any,
-                        labels: Array, key: Array | None, loss_fn: LossFn) -> tuple[Array, Array]:
+def _loss_sum_and_count(model: ScaleGMN, batch: Any, labels: Array, key: Array | None,
+                        loss_fn: LossFn) -> tuple[Array, Array]:
     """Sum of the per-example losses of the real graphs, and their number."""
     if isinstance(batch, ShardedBatch):
         n_dev = batch.mask.shape[0]
         keys = None if key is None else jax.random.split(key, n_dev)
 
         def per_device(graphs: GraphBatch | DenseGraphBatch, lab: Array, mask: Array, k: Array | None) -> Array:
-            out = forward(params, config, graphs, k)
+            out = model.core(graphs, k)
             return jnp.sum(jnp.where(mask, loss_fn(out, lab), 0.0))
 
         sums = jax.vmap(per_device, in_axes=(0, 0, 0, None if keys is None else 0))(
             batch.graphs, labels, batch.mask, keys)
         return _reduce(sums, batch.mask)
-    out = forward(params, config, batch, key)
+    out = model.core(batch, key)
     per = loss_fn(out, labels)
     return jnp.sum(per), jnp.asarray(per.shape[0], per.dtype)
 
@@ -175,7 +175,7 @@ def make_train_step(config: ScaleGMNConfig, optimizer: optax.GradientTransformat
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
 
     def mean_loss(model: ScaleGMN, batch: Any, labels: Array, key: Array | None) -> Array:
-        total, count = _loss_sum_and_count(model.params, config, batch, labels, key, loss_fn)
+        total, count = _loss_sum_and_count(model, batch, labels, key, loss_fn)
         return total / count
 
     @eqx.filter_jit
