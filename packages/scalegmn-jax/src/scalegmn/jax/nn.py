@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import equinox as eqx
 from jaxtyping import Array, Float
 
 import jax
 import jax.numpy as jnp
-from scalegmn.weightgraph import GroupKind
+from scalegmn.weightgraph import GroupKind, get_activation
+from scalegmn.weightgraph.schemas import MlpActivation
 
+# The MLP nonlinearities, read from the activation registry (one table for every backend).
 _ACT: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "tanh": jnp.tanh,
+    name: get_activation(name).equinox_function(None) for name in get_args(MlpActivation)
 }
 
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import cast
+from typing import cast, get_args
 
 import torch
 import torch.nn.functional as F
+from scalegmn.weightgraph import get_activation
+from scalegmn.weightgraph.schemas import MlpActivation
 from torch import Tensor, nn
 
 from .groups import Grp
 
+# The MLP nonlinearities, read from the activation registry (one table for every backend).
 _ACT: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu,
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "tanh": torch.tanh,
+    name: get_activation(name).torch_module(None) for name in get_args(MlpActivation)
 }
 
 

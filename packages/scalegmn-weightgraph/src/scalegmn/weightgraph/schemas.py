@@ -10,11 +10,17 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .activations import ACTIVATIONS, Activation, activation_group  # noqa: F401  (re-exported)
+from .activations import ACTIVATIONS, Activation, activation_group
+
+# The nonlinearities the metanetwork's own MLPs may use: entries of the activation registry,
+# which both backends read (`get_activation(name).torch_module` / `.equinox_function`).
+MlpActivation = Literal["relu", "silu", "gelu", "tanh"]
+if not set(get_args(MlpActivation)) <= set(ACTIVATIONS):  # pragma: no cover - a registry edit gone wrong
+    raise ImportError(f"MLP activations {get_args(MlpActivation)} must all be in the activation registry")
 
 """The group of multipliers a hidden neuron admits (see `scalegmn.symmetry.group_of`)."""
 
@@ -385,7 +391,7 @@ class ScaleGMNConfig(_Schema):
     sign_canon: Literal["symmetrize", "canonicalize"] = "symmetrize"
     mlp_layers: int = Field(default=1, ge=0)
     mlp_hidden: int | None = Field(default=None, ge=1)
-    mlp_activation: Literal["relu", "silu", "gelu", "tanh"] = "silu"
+    mlp_activation: MlpActivation = "silu"
     positional_encoding: bool = True
     max_in_nodes: int = Field(default=16, ge=1)
     max_out_nodes: int = Field(default=16, ge=1)
