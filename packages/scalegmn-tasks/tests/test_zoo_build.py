@@ -204,8 +204,8 @@ def test_early_stopping_is_recorded_per_network(tmp_path):
     hard = rng.integers(0, 256, size=(4, 8, 8))
     src = ImageSource.from_array(np.concatenate([easy, hard]).astype(np.uint8), np.arange(8) % 2,
                                  name="easy-hard")
-    m, _ = build_inr_zoo(tmp_path / "z", src, count=8, recipe="dws", steps=150, shard_size=8, batch_size=3,
-                         widths=(2, 16, 16, 1), progress=False, val_fraction=0.0, test_fraction=0.0)
+    build_inr_zoo(tmp_path / "z", src, count=8, recipe="dws", steps=150, shard_size=8, batch_size=3,
+                  widths=(2, 16, 16, 1), progress=False, val_fraction=0.0, test_fraction=0.0)
     zoo = Zoo(tmp_path / "z")
     easy_ids = zoo.columns["group"] < 4
     stopped = zoo.columns["stopped"].astype(bool)
