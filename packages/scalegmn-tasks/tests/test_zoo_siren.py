@@ -102,6 +102,8 @@ def test_shape_mismatch_is_refused():
     ws, bs = _inits(2)
     with pytest.raises(ValueError, match="3 channel"):
         fit_sirens(np.zeros((2, 4, 4, 3)), ws, bs, steps=1)
+    with pytest.raises(ValueError, match="at least one image"):
+        fit_sirens(np.zeros((0, 4, 4)), [w[:0] for w in ws], [b[:0] for b in bs], steps=1)
 
 
 def _stack(inits):

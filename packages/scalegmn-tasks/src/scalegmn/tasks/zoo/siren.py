@@ -231,7 +231,8 @@ def fit_sirens(
         A `FitResult` with each network's kept parameters, MSE, steps and stop flag.
 
     Raises:
-        ValueError: if the networks do not map 2 coordinates to the image's channels.
+        ValueError: if there are no images, or the networks do not map 2 coordinates to the
+            image's channels.
 
     Example:
         ```python
@@ -245,6 +246,8 @@ def fit_sirens(
     if imgs.ndim == 3:
         imgs = imgs.unsqueeze(-1)
     N, H, W, C = imgs.shape
+    if N == 0:
+        raise ValueError("fit_sirens needs at least one image; got an empty (0, H, W) array")
     targets = imgs.reshape(N, H * W, C)
     coords = coordinate_grid(H, W, dtype)
     if init_weights[0].shape[-1] != 2 or init_weights[-1].shape[1] != C:
