@@ -145,3 +145,70 @@ def test_cnn_build_interrupted_and_resumed_equals_uninterrupted(tmp_path):
         assert a.network(i).equals(b.network(i))
     for k in a.columns:
         np.testing.assert_array_equal(a.columns[k], b.columns[k])
+
+
+def test_recipes_are_named_validated_and_default_by_source():
+    from pydantic import ValidationError
+
+    from scalegmn.tasks.zoo import RECIPES, INRZooOptions, default_recipe
+
+    assert default_recipe("mnist5k") == default_recipe("fashion-mnist") == "dws"
+    assert default_recipe("digits") == default_recipe("my_images") == "siren"
+    dws = INRZooOptions().resolved("mnist5k")
+    assert (dws.recipe, dws.steps, dws.lr, dws.psnr_stop) == ("dws", 1000, 5e-4, 40.0)
+    siren = INRZooOptions().resolved("digits")
+    assert (siren.recipe, siren.steps, siren.lr, siren.psnr_stop) == ("siren", 500, 1e-3, None)
+    mine = INRZooOptions(recipe="dws", steps=200).resolved("digits")
+    assert (mine.recipe, mine.steps, mine.lr) == ("dws", 200, RECIPES["dws"].lr)
+    with pytest.raises(ValidationError, match="recipe"):
+        INRZooOptions(recipe="published")
+    with pytest.raises(ValidationError, match="psnr_stop"):
+        INRZooOptions(psnr_stop=-1.0)
+
+
+def test_unknown_recipe_is_one_clear_line(tmp_path, small_source):
+    with pytest.raises(ValueError, match=r"unknown INR recipe 'dwsnets'; use one of dws, siren"):
+        build_inr_zoo(tmp_path / "z", small_source, count=4, recipe="dwsnets", progress=False)
+    assert not (tmp_path / "z").exists()
+
+
+def test_dws_recipe_zoo_records_recipe_and_per_network_stopping(tmp_path, small_source):
+    from scalegmn.tasks.zoo.siren import dws_init, siren_init
+    from scalegmn.tasks.zoo.store import read_manifest
+
+    out = tmp_path / "dws"
+    m, _ = build_inr_zoo(out, small_source, count=8, recipe="dws", steps=0, shard_size=4, batch_size=4,
+                         progress=False)
+    assert m.recipe["name"] == "dws" and m.recipe["init"] == "dws" and m.recipe["psnr_stop"] == 40.0
+    assert m.recipe["steps"] == 0 and m.recipe["overridden"] == ["steps"] and m.recipe["lr"] == 5e-4
+    assert read_manifest(out).recipe == m.recipe  # round trip through manifest.json
+    assert m.build["recipe"] == "dws"
+    zoo = Zoo(out)
+    assert {"steps", "stopped", "psnr"} <= set(zoo.columns)
+    assert np.all(zoo.columns["steps"] == 0)
+    # With zero steps the stored networks are the recipe's initialisation of each id.
+    for i in range(len(zoo)):
+        w, b = dws_init((2, 32, 32, 1), 30.0, np.random.default_rng([0, i]))
+        net = zoo.network(i)
+        for k in range(3):
+            np.testing.assert_allclose(net.weights[k], w[k], rtol=1e-6)
+            np.testing.assert_allclose(net.biases[k], b[k], rtol=1e-6, atol=0)
+        # Negative control: the SIREN recipe's initialisation of the same id is another network.
+        ws, _ = siren_init((2, 32, 32, 1), 30.0, np.random.default_rng([0, i]))
+        assert not np.allclose(net.weights[0], ws[0], rtol=1e-3)
+
+
+def test_early_stopping_is_recorded_per_network(tmp_path):
+    rng = np.random.default_rng(0)
+    easy = np.clip(127 + rng.integers(-2, 3, size=(4, 1, 1)), 0, 255) * np.ones((1, 8, 8))
+    hard = rng.integers(0, 256, size=(4, 8, 8))
+    src = ImageSource.from_array(np.concatenate([easy, hard]).astype(np.uint8), np.arange(8) % 2,
+                                 name="easy-hard")
+    build_inr_zoo(tmp_path / "z", src, count=8, recipe="dws", steps=150, shard_size=8, batch_size=3,
+                  widths=(2, 16, 16, 1), progress=False, val_fraction=0.0, test_fraction=0.0)
+    zoo = Zoo(tmp_path / "z")
+    easy_ids = zoo.columns["group"] < 4
+    stopped = zoo.columns["stopped"].astype(bool)
+    assert stopped[easy_ids].all() and not stopped[~easy_ids].any()
+    assert np.all(zoo.columns["psnr"][stopped] >= 40.0) and np.all(zoo.columns["psnr"][~stopped] < 40.0)
+    assert np.all(zoo.columns["steps"][stopped] < 150) and np.all(zoo.columns["steps"][~stopped] == 150)

@@ -60,3 +60,22 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     r = runner.invoke(app, ["build", "inr", str(tmp_path / "z"), "--source", "digits", "--count",
                             "5000", "--quiet"])
     assert r.exit_code == 2 and "only 1797 images" in _text(r)
+
+
+def test_build_inr_recipe_flag(tmp_path):
+    from scalegmn.tasks.zoo.store import read_manifest
+
+    src = _images(tmp_path)
+    base = ["build", "inr", "--source", src, "--count", "4", "--steps", "3", "--workers", "1",
+            "--no-compile", "--quiet"]
+    r = runner.invoke(app, [*base[:2], str(tmp_path / "dws"), *base[2:], "--recipe", "dws"])
+    assert r.exit_code == 0, r.output
+    assert "dws (lr 0.0005, at most 3 steps, stop at 40.0 dB)" in _text(r)
+    assert read_manifest(tmp_path / "dws").recipe["name"] == "dws"
+    assert "steps" in Zoo(tmp_path / "dws").columns
+    # Without the flag a .npz source gets the SIREN recipe.
+    r = runner.invoke(app, [*base[:2], str(tmp_path / "default"), *base[2:]])
+    assert r.exit_code == 0 and read_manifest(tmp_path / "default").recipe["name"] == "siren"
+    r = runner.invoke(app, [*base[:2], str(tmp_path / "bad"), *base[2:], "--recipe", "published"])
+    assert r.exit_code == 2 and "--recipe 'published' is not a recipe; use one of dws, siren" in _text(r)
+    assert "Traceback" not in r.output and not (tmp_path / "bad").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scalegmn.tasks.zoo.siren import coordinate_grid, fit_sirens, siren_init
+from scalegmn.tasks.zoo.siren import coordinate_grid, dws_init, fit_sirens, siren_init
 from scalegmn.weightgraph import NetworkSpec, forward
 
 WIDTHS = (2, 16, 16, 1)
@@ -102,3 +102,82 @@ def test_shape_mismatch_is_refused():
     ws, bs = _inits(2)
     with pytest.raises(ValueError, match="3 channel"):
         fit_sirens(np.zeros((2, 4, 4, 3)), ws, bs, steps=1)
+    with pytest.raises(ValueError, match="at least one image"):
+        fit_sirens(np.zeros((0, 4, 4)), [w[:0] for w in ws], [b[:0] for b in bs], steps=1)
+
+
+def _stack(inits):
+    n_layers = len(inits[0][0])
+    return ([np.stack([ini[0][i] for ini in inits]) for i in range(n_layers)],
+            [np.stack([ini[1][i] for ini in inits]) for i in range(n_layers)])
+
+
+def _dws_stats(init_fn, n=400, widths=(2, 32, 32, 1), w0=30.0):
+    ws, bs = _stack([init_fn(widths, w0, np.random.default_rng([7, i])) for i in range(n)])
+    return ws, bs
+
+
+def test_dws_init_bounds_zero_biases_and_torch_default_last_layer():
+    from scipy import stats
+
+    ws, bs = _dws_stats(dws_init)
+    for layer, n_in in ((0, 2), (1, 32)):
+        bound = np.sqrt(6.0 / n_in) / 30.0
+        assert np.abs(ws[layer]).max() <= bound
+        assert np.abs(ws[layer]).max() > 0.99 * bound  # uniform up to the bound, not narrower
+        np.testing.assert_allclose(np.var(ws[layer]), bound**2 / 3, rtol=0.05)
+        assert np.all(bs[layer] == 0.0)
+    # Last layer: the same distribution as a freshly made nn.Linear(32, 1) (kaiming-uniform, a=sqrt(5)).
+    torch.manual_seed(0)
+    ref_w = np.concatenate([torch.nn.Linear(32, 1).weight.detach().numpy().ravel() for _ in range(400)])
+    ref_b = np.concatenate([torch.nn.Linear(32, 1).bias.detach().numpy().ravel() for _ in range(2000)])
+    assert stats.ks_2samp(ws[2].ravel(), ref_w).pvalue > 1e-3
+    assert stats.ks_2samp(bs[2].ravel(), ref_b).pvalue > 1e-3
+    # Negative controls: the SIREN recipe's first layer and biases fail these checks.
+    sw, sb = _dws_stats(siren_init)
+    assert np.abs(sw[0]).max() > np.sqrt(6.0 / 2) / 30.0
+    assert not np.all(sb[0] == 0.0)
+    assert stats.ks_2samp(ws[1].ravel(), ref_w).pvalue < 1e-3  # the KS check can fail
+
+
+def _easy_and_hard(n_easy, n_hard, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    easy = np.full((n_easy, size, size), 0.5) + 0.01 * rng.standard_normal((n_easy, 1, 1))
+    hard = rng.random((n_hard, size, size))
+    return np.concatenate([easy, hard])
+
+
+def test_early_stop_keeps_the_parameters_of_the_first_step_over_the_threshold():
+    img = _easy_and_hard(1, 0)
+    ws, bs = _stack([dws_init((2, 16, 16, 1), 30.0, np.random.default_rng(3))])
+    res = fit_sirens(img, ws, bs, steps=400, lr=5e-4, psnr_stop=40.0, dtype=torch.float64)
+    k = int(res.steps[0])
+    assert res.stopped[0] and 0 < k < 400 and res.psnr[0] >= 40.0
+    exact = fit_sirens(img, ws, bs, steps=k, lr=5e-4, dtype=torch.float64)
+    before = fit_sirens(img, ws, bs, steps=k - 1, lr=5e-4, dtype=torch.float64)
+    after = fit_sirens(img, ws, bs, steps=k + 1, lr=5e-4, dtype=torch.float64)
+    assert before.psnr[0] < 40.0 and not before.stopped[0] and before.steps[0] == k - 1
+    for i in range(3):
+        np.testing.assert_allclose(res.weights[i], exact.weights[i], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(res.biases[i], exact.biases[i], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(res.mse, exact.mse, rtol=1e-10)
+    # Negative control: one step later the parameters differ.
+    assert not np.allclose(after.weights[1], res.weights[1], rtol=1e-12, atol=1e-14)
+
+
+def test_refilled_slots_give_each_network_its_own_fit():
+    """Finished networks leave their slot to pending ones; every fit equals fitting it alone."""
+    images = _easy_and_hard(3, 3, size=6)[[0, 3, 1, 4, 5, 2]]
+    ws, bs = _stack([dws_init((2, 16, 16, 1), 30.0, np.random.default_rng([1, i])) for i in range(6)])
+    res = fit_sirens(images, ws, bs, steps=60, lr=5e-4, psnr_stop=40.0, batch_size=2, dtype=torch.float64)
+    assert res.stopped.any() and not res.stopped.all()  # slots were refilled at different times
+    for k in range(6):
+        one = fit_sirens(images[k : k + 1], [w[k : k + 1] for w in ws], [b[k : k + 1] for b in bs],
+                         steps=60, lr=5e-4, psnr_stop=40.0, dtype=torch.float64)
+        assert res.steps[k] == one.steps[0] and res.stopped[k] == one.stopped[0]
+        for i in range(3):
+            np.testing.assert_allclose(res.weights[i][k], one.weights[i][0], rtol=1e-12, atol=1e-14)
+    # Negative control: a different step count is told apart.
+    other = fit_sirens(images[4:5], [w[4:5] for w in ws], [b[4:5] for b in bs], steps=59, lr=5e-4,
+                       dtype=torch.float64)
+    assert not np.allclose(other.weights[1][0], res.weights[1][4], rtol=1e-12, atol=1e-14)

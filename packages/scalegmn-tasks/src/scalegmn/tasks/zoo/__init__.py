@@ -10,14 +10,24 @@ from __future__ import annotations
 
 from .build import BuildStats, ShardTask, run_build
 from .cnn import CNNZooOptions, build_cnn_zoo, plan_cnn_zoo
-from .inr import INRZooOptions, assign_splits, build_inr_zoo, plan_inr_zoo
+from .inr import (
+    RECIPES,
+    INRRecipe,
+    INRZooOptions,
+    assign_splits,
+    build_inr_zoo,
+    default_recipe,
+    plan_inr_zoo,
+)
 from .manifest import SPLITS, Manifest, ShardRecord, TargetInfo
 from .store import Zoo, ZooError, write_shard
 
 __all__ = [
+    "RECIPES",
     "SPLITS",
     "BuildStats",
     "CNNZooOptions",
+    "INRRecipe",
     "INRZooOptions",
     "Manifest",
     "ShardRecord",
@@ -28,6 +38,7 @@ __all__ = [
     "assign_splits",
     "build_cnn_zoo",
     "build_inr_zoo",
+    "default_recipe",
     "plan_cnn_zoo",
     "plan_inr_zoo",
     "run_build",

@@ -45,16 +45,18 @@ def _auto_compile(flag: bool | None) -> bool:
 def build_inr(
     out: Annotated[Path, typer.Argument(help="Output folder (new, or an interrupted build with --resume).")],
     source: Annotated[str, typer.Option(help="mnist5k, fashion-mnist, digits, or a .npz/.npy file of images.")] = "mnist5k",
+    recipe: Annotated[str | None, typer.Option(help="Fitting recipe: dws (the published MNIST/Fashion-MNIST INRs) or siren; default dws for mnist5k and fashion-mnist, siren otherwise.")] = None,
     count: Annotated[int | None, typer.Option(help="Number of INRs (default: one per image).")] = None,
-    steps: Annotated[int, typer.Option(help="Adam steps per INR.")] = 500,
+    steps: Annotated[int | None, typer.Option(help="At most this many Adam steps per INR (default: the recipe's; dws 1000, siren 500).")] = None,
     workers: Annotated[int, typer.Option(help="Processes (one thread each).")] = 2,
     seed: Annotated[int, typer.Option(help="Selects images, splits and initialisations.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build of the same zoo.")] = False,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: the recipe's; dws 5e-4, siren 1e-3).")] = None,
+    psnr_stop: Annotated[float | None, typer.Option(help="Stop an INR at the first step it reaches this PSNR in dB (default: the recipe's; dws 40, siren none).")] = None,
     widths: Annotated[str, typer.Option(help="SIREN widths, comma separated.")] = "2,32,32,1",
     w0: Annotated[float, typer.Option(help="Sine frequency.")] = 30.0,
     output_offset: Annotated[float, typer.Option(help="Added to the output (DWS: 0.5).")] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="INRs fitted together per process.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="INRs fitted together per process.")] = 32,
     shard_size: Annotated[int, typer.Option(help="INRs per shard file (unit of resume).")] = 256,
     val_fraction: Annotated[float, typer.Option(help="Fraction in the val split.")] = 0.1,
     test_fraction: Annotated[float, typer.Option(help="Fraction in the test split (unless the source has an official test set).")] = 0.1,
@@ -62,12 +64,14 @@ def build_inr(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Fit one SIREN per image of a source."""
-    from .inr import build_inr_zoo
+    from .inr import RECIPES, build_inr_zoo
 
+    if recipe is not None and recipe not in RECIPES:
+        _fail(ValueError(f"--recipe {recipe!r} is not a recipe; use one of {', '.join(RECIPES)}"))
     try:
         _manifest, stats = build_inr_zoo(
-            out, source, workers=workers, resume=resume, progress=not quiet, count=count,
-            steps=steps, seed=seed, lr=lr, widths=_ints(widths), w0=w0, output_offset=output_offset,
+            out, source, workers=workers, resume=resume, progress=not quiet, count=count, recipe=recipe,
+            steps=steps, seed=seed, lr=lr, psnr_stop=psnr_stop, widths=_ints(widths), w0=w0, output_offset=output_offset,
             batch_size=batch_size, shard_size=shard_size, val_fraction=val_fraction,
             test_fraction=test_fraction, compile=_auto_compile(compile),
         )
@@ -174,6 +178,10 @@ def _describe(zoo: Zoo) -> None:
     t.add_row("target", f"{m.target.name} ({m.target.kind})")
     t.add_row("splits", ", ".join(f"{k} {v}" for k, v in m.split_counts.items()))
     t.add_row("seed", str(m.seed))
+    if m.recipe:
+        r = m.recipe
+        stop = f", stop at {r['psnr_stop']} dB" if r.get("psnr_stop") is not None else ""
+        t.add_row("recipe", f"{r.get('name')} (lr {r.get('lr')}, at most {r.get('steps')} steps{stop})")
     if m.history:
         secs = sum(h.get("seconds", 0) for h in m.history)
         t.add_row("build time", f"{secs:.1f} s over {len(m.history)} run(s)")

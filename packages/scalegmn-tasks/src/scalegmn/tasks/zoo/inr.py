@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,18 +22,80 @@ from .build import BuildStats, ProgressFn, ShardTask, run_build
 from .manifest import Manifest, ShardRecord, TargetInfo
 from .store import write_shard
 
+RecipeName = Literal["dws", "siren"]
+
+
+class INRRecipe(BaseModel):
+    """How the SIRENs of a zoo are initialised and fitted (recorded in the zoo's manifest).
+
+    Attributes:
+        name: `"dws"` or `"siren"`.
+        init: `"dws"` (`dws_init`) or `"siren"` (`siren_init`).
+        lr: Adam learning rate.
+        steps: at most this many full-batch Adam steps per network.
+        psnr_stop: early-stopping threshold in dB (None: every network runs all steps).
+        description: what the recipe is, in words.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: RecipeName
+    init: Literal["dws", "siren"]
+    lr: float = Field(gt=0)
+    steps: int = Field(ge=0)
+    psnr_stop: float | None = Field(default=None, gt=0)
+    description: str = ""
+
+
+RECIPES: dict[str, INRRecipe] = {
+    "dws": INRRecipe(
+        name="dws", init="dws", lr=5e-4, steps=1000, psnr_stop=40.0,
+        description=(
+            "the published DWS MNIST/Fashion-MNIST INRs: every sine layer (the first included) "
+            "U(-sqrt(6/n_in)/w0, sqrt(6/n_in)/w0), zero biases, last layer nn.Linear's default "
+            "init, output + 0.5, coordinates on a [-1, 1] grid, Adam lr 5e-4 on the pixel MSE, "
+            "at most 1000 steps, a network stops at the first step it reaches 40 dB PSNR"
+        ),
+    ),
+    "siren": INRRecipe(
+        name="siren", init="siren", lr=1e-3, steps=500, psnr_stop=None,
+        description=(
+            "the SIREN paper's initialisation: first layer U(-1/n_in, 1/n_in), later sine layers "
+            "U(-sqrt(6/n_in)/w0, sqrt(6/n_in)/w0), biases U(-1/sqrt(n_in), 1/sqrt(n_in)); Adam "
+            "lr 1e-3 on the pixel MSE, a fixed number of steps (500), no early stopping"
+        ),
+    ),
+}
+"""The named fitting recipes of INR zoos."""
+
+DWS_SOURCES = ("mnist5k", "fashion-mnist")
+"""Sources whose default recipe is `"dws"` (the published INRs of these data sets were fitted so)."""
+
+
+def default_recipe(source_name: str) -> RecipeName:
+    """The recipe used when none is given: `"dws"` for MNIST and Fashion-MNIST, else `"siren"`."""
+    return "dws" if source_name in DWS_SOURCES else "siren"
+
 
 class INRZooOptions(BaseModel):
     """Options of an INR zoo build (all recorded in the manifest; resume needs the same).
 
+    `recipe` fixes the initialisation and the defaults of `steps`, `lr` and `psnr_stop`;
+    a value given for one of those overrides the recipe's (and is recorded as such).
+
     Attributes:
+        recipe: `"dws"` or `"siren"` (see `RECIPES`); None picks by source
+            (`default_recipe`).
         count: networks to fit (default: one per image of the source).
         widths: SIREN layer widths `[2, ..., channels]`.
         w0: sine frequency.
         output_offset: constant added to the output (0.5 is the DWS convention).
-        steps: full-batch Adam steps per network.
-        lr: Adam learning rate.
-        batch_size: networks fitted together in one stacked tensor.
+        steps: at most this many full-batch Adam steps per network (None: the recipe's).
+        lr: Adam learning rate (None: the recipe's).
+        psnr_stop: a network stops at the first step it reaches this PSNR in dB (None: the
+            recipe's).
+        batch_size: networks fitted together in one stacked tensor (finished ones are
+            replaced by pending ones, so the shape stays fixed).
         shard_size: networks per shard file (the unit of resume).
         val_fraction: fraction of networks in the val split.
         test_fraction: fraction in the test split (a source's official test set, if it has
@@ -44,13 +106,15 @@ class INRZooOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    recipe: RecipeName | None = None
     count: int | None = Field(default=None, ge=1)
     widths: tuple[int, ...] = (2, 32, 32, 1)
     w0: float = Field(default=30.0, gt=0)
     output_offset: float = 0.5
-    steps: int = Field(default=500, ge=0)
-    lr: float = Field(default=1e-3, gt=0)
-    batch_size: int = Field(default=8, ge=1)
+    steps: int | None = Field(default=None, ge=0)
+    lr: float | None = Field(default=None, gt=0)
+    psnr_stop: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=32, ge=1)
     shard_size: int = Field(default=256, ge=1)
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
     test_fraction: float = Field(default=0.1, ge=0, lt=1)
@@ -64,6 +128,34 @@ class INRZooOptions(BaseModel):
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1")
         return self
+
+    def resolved(self, source_name: str) -> INRZooOptions:
+        """These options with the recipe chosen and `steps`, `lr`, `psnr_stop` filled from it."""
+        name = self.recipe or default_recipe(source_name)
+        r = RECIPES[name]
+        update: dict[str, Any] = {"recipe": name}
+        if self.steps is None:
+            update["steps"] = r.steps
+        if self.lr is None:
+            update["lr"] = r.lr
+        if self.psnr_stop is None:
+            update["psnr_stop"] = r.psnr_stop
+        return self.model_copy(update=update)
+
+
+def recipe_record(opts: INRZooOptions) -> dict[str, Any]:
+    """What the manifest records of the recipe of resolved options: name, init and settings."""
+    if opts.recipe is None:
+        raise ValueError("recipe_record needs resolved options (INRZooOptions.resolved)")
+    r = RECIPES[opts.recipe]
+    return {
+        "name": r.name, "init": r.init, "optimizer": "adam", "loss": "mse", "coordinates": "[-1, 1] grid",
+        "lr": opts.lr, "steps": opts.steps, "psnr_stop": opts.psnr_stop, "w0": opts.w0,
+        "output_offset": opts.output_offset,
+        "overridden": sorted(k for k in ("lr", "steps", "psnr_stop")
+                             if getattr(opts, k) != getattr(r, k)),
+        "description": r.description,
+    }
 
 
 def assign_splits(
@@ -98,12 +190,20 @@ def _source_info(src: ImageSource) -> dict[str, Any]:
     }
 
 
+INR_COLUMNS = ("id", "target", "split", "group", "psnr", "mse", "steps", "stopped")
+"""Per-network columns of an INR zoo: `psnr`/`mse` of the kept parameters, `steps` (Adam steps
+taken: the stopping step, or all of them) and `stopped` (1 where the PSNR threshold stopped it)."""
+
+
 def plan_inr_zoo(src: ImageSource, opts: INRZooOptions) -> tuple[Manifest, list[ShardTask]]:
     """The manifest template and shard tasks of an INR zoo (no fitting happens here).
+
+    `opts` is resolved against the source first (`INRZooOptions.resolved`).
 
     Raises:
         ValueError: if `count` exceeds the number of images, or the widths do not match.
     """
+    opts = opts.resolved(src.name)
     n = len(src)
     count = opts.count if opts.count is not None else n
     if count > n:
@@ -130,49 +230,41 @@ def plan_inr_zoo(src: ImageSource, opts: INRZooOptions) -> tuple[Manifest, list[
         kind="inr", specs=[spec], n_networks=count, n_shards=len(tasks),
         target=TargetInfo(name="label", kind="class", n_classes=src.n_classes,
                           class_names=list(src.class_names)),
-        source=_source_info(src), build=build, seed=opts.seed,
-        columns=["id", "target", "split", "group", "psnr", "mse"],
+        source=_source_info(src), build=build, seed=opts.seed, recipe=recipe_record(opts),
+        columns=list(INR_COLUMNS),
     )
     return manifest, tasks
 
 
 def _inr_worker(root: str, task: ShardTask, options: dict[str, Any], report: ProgressFn) -> ShardRecord:
-    from .siren import fit_sirens, siren_init
+    from .siren import dws_init, fit_sirens, siren_init
 
     opts = INRZooOptions.model_validate(options)
+    if opts.recipe is None or opts.steps is None or opts.lr is None:
+        raise ValueError("the INR worker needs resolved options (INRZooOptions.resolved)")
+    init_fn = dws_init if RECIPES[opts.recipe].init == "dws" else siren_init
     spec = NetworkSpec.siren(opts.widths, w0=opts.w0, output_offset=opts.output_offset)
     images = task.payload["images"]
     x = images.astype(np.float32) / np.float32(255.0) if images.dtype == np.uint8 else images.astype(np.float32)
     n, L = task.count, spec.n_layers
-    ws = [np.empty((n, *spec.layers[i].weight_shape), np.float32) for i in range(L)]
-    bs = [np.empty((n, spec.layers[i].n_out), np.float32) for i in range(L)]
-    mse = np.empty(n, np.float64)
-    for lo in range(0, n, opts.batch_size):
-        hi = min(lo + opts.batch_size, n)
-        ids = list(range(lo, hi))
-        if opts.compile and len(ids) < opts.batch_size:
-            ids += [hi - 1] * (opts.batch_size - len(ids))  # one shape: no recompilation
-        inits = [siren_init(opts.widths, opts.w0, np.random.default_rng([opts.seed, task.start + i]))
-                 for i in ids]
-        w_init = [np.stack([ini[0][i] for ini in inits]) for i in range(L)]
-        b_init = [np.stack([ini[1][i] for ini in inits]) for i in range(L)]
-        res = fit_sirens(x[ids], w_init, b_init, opts.steps, w0=opts.w0,
-                         output_offset=opts.output_offset, lr=opts.lr, compile=opts.compile)
-        k = hi - lo
-        for i in range(L):
-            ws[i][lo:hi] = res.weights[i][:k]
-            bs[i][lo:hi] = res.biases[i][:k]
-        mse[lo:hi] = res.mse[:k]
-        report(k)
-    psnr = 10.0 * np.log10(1.0 / np.maximum(mse, 1e-30))
+    inits = [init_fn(opts.widths, opts.w0, np.random.default_rng([opts.seed, task.start + i])) for i in range(n)]
+    w_init = [np.stack([ini[0][i] for ini in inits]) for i in range(L)]
+    b_init = [np.stack([ini[1][i] for ini in inits]) for i in range(L)]
+    res = fit_sirens(x, w_init, b_init, opts.steps, w0=opts.w0, output_offset=opts.output_offset,
+                     lr=opts.lr, compile=opts.compile, psnr_stop=opts.psnr_stop,
+                     batch_size=opts.batch_size, on_done=report)
     columns = {
         "id": np.arange(task.start, task.start + n, dtype=np.int64),
         "target": task.payload["labels"].astype(np.int64),
         "split": task.payload["split"].astype(np.int8),
         "group": task.payload["image_index"].astype(np.int64),
-        "psnr": psnr.astype(np.float32),
-        "mse": mse.astype(np.float32),
+        "psnr": res.psnr.astype(np.float32),
+        "mse": res.mse.astype(np.float32),
+        "steps": res.steps.astype(np.int64),
+        "stopped": res.stopped.astype(np.int8),
     }
+    ws = [w.astype(np.float32) for w in res.weights]
+    bs = [b.astype(np.float32) for b in res.biases]
     return write_shard(root, task.index, 0, spec, task.start, ws, bs, columns)
 
 
@@ -194,7 +286,8 @@ def build_inr_zoo(
         source: a source name (`"mnist5k"`, `"fashion-mnist"`, `"digits"`, a `.npz` path) or
             an `ImageSource`.
         options: build options; keyword arguments override single fields
-            (e.g. `steps=200`).
+            (e.g. `recipe="dws"`, `steps=200`). The recipe defaults to `"dws"` for MNIST
+            and Fashion-MNIST and to `"siren"` otherwise (`default_recipe`).
         workers: processes (one thread each).
         resume: finish an interrupted build of the same zoo.
         progress: show a progress bar.
@@ -203,16 +296,24 @@ def build_inr_zoo(
     Returns:
         `(manifest, stats)`; open the zoo with `scalegmn.tasks.datasets.open_zoo`.
 
+    Raises:
+        ValueError: for options that do not fit the source (count, widths) or an unknown recipe.
+
     Example:
         ```python
         from scalegmn.tasks.zoo.inr import build_inr_zoo
 
-        manifest, stats = build_inr_zoo("/tmp/zoo", "digits", count=64, steps=100)
+        manifest, stats = build_inr_zoo("/tmp/zoo", "mnist5k", count=64, recipe="dws")
+        print(manifest.recipe["name"], stats.networks_per_second)
         ```
     """
     opts = (options or INRZooOptions()).model_copy(update=kwargs)
+    recipe = opts.recipe
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"unknown INR recipe {recipe!r}; use one of {', '.join(RECIPES)}")
     opts = INRZooOptions.model_validate(opts.model_dump())
     src = load_source(source) if isinstance(source, str) else source
+    opts = opts.resolved(src.name)
     if src.images.ndim != 3:
         raise ValueError("INR sources must be grayscale (N, H, W)")
     if opts.widths[-1] != 1:

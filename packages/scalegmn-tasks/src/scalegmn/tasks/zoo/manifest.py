@@ -80,6 +80,8 @@ class Manifest(_Model):
         source: where the training data came from (name, size, image shape ...).
         build: every option of the build; a resumed build must pass the same.
         seed: the seed everything random was drawn from.
+        recipe: how the networks were obtained, for builders with named recipes (INR zoos:
+            name, initialisation and fitting settings; empty otherwise).
         columns: per-network columns stored in each shard and in `columns.safetensors`
             (always `id`, `target`, `split`, `group`; builders add e.g. `psnr`, `epoch`).
         categories: for categorical columns, the name of each integer code.
@@ -101,6 +103,7 @@ class Manifest(_Model):
     source: dict[str, Any] = Field(default_factory=dict)
     build: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
+    recipe: dict[str, Any] = Field(default_factory=dict)
     columns: list[str] = Field(default_factory=lambda: ["id", "target", "split", "group"])
     categories: dict[str, list[str]] = Field(default_factory=dict)
     shards: list[ShardRecord] = Field(default_factory=list)
