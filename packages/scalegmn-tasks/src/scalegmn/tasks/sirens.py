@@ -8,7 +8,6 @@ import cycle.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,12 +148,6 @@ def dilate(images: Tensor) -> Tensor:
     return y if images.ndim == 3 else y[0]
 
 
-def _source_digest(images: NDArray, labels: NDArray) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    digest.update(np.ascontiguousarray(labels).tobytes())
-    return digest.hexdigest()
-
-
 def source_images(zoo: Any) -> tuple[NDArray[np.float32] | None, str]:
     """The float images in `[0, 1]` of the source an INR zoo was built from, if loadable.
 
@@ -176,7 +169,7 @@ def source_images(zoo: Any) -> tuple[NDArray[np.float32] | None, str]:
         src = load_source(str(name))
     except SourceError as err:
         return None, f"source {name!r} cannot be loaded again ({err})"
-    if info.get("sha256") and _source_digest(src.images, src.labels) != info["sha256"]:
+    if info.get("sha256") and src.sha256() != info["sha256"]:
         return None, f"source {name!r} no longer matches the checksum recorded in the zoo"
     return src.as_float(), ""
 

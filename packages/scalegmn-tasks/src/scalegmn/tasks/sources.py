@@ -9,6 +9,7 @@ installed package ships.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -93,6 +94,12 @@ class ImageSource:
         if x.dtype == np.uint8:
             return x.astype(np.float32) / np.float32(255.0)
         return np.asarray(x, dtype=np.float32)
+
+    def sha256(self) -> str:
+        """The SHA-256 of the images and labels: what a zoo's manifest records of its source."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes())
+        digest.update(np.ascontiguousarray(self.labels).tobytes())
+        return digest.hexdigest()
 
     @classmethod
     def from_array(
