@@ -347,8 +347,10 @@ class ScaleGMNConfig(_Schema):
             each input network's spec (`"hetero"` is `"auto"` for batches that mix
             activations; the two behave identically).
         bidirectional: ScaleGMN-B (backward messages from successors too).
-        readout: `"full_graph"` (any architecture) or `"last_layer"` (output nodes in fixed
-            order; needs one fixed architecture).
+        readout: `"full_graph"` (any architecture), `"last_layer"` (output nodes in fixed
+            order; needs one fixed architecture) or `"io_nodes"` (input and output nodes in
+            fixed order, each set projected to `d_hidden` by `proj_in` / `proj_out`, then the
+            MLP on both: the original implementation's bidirectional readout).
         head: `"invariant"` (a vector per network) or `"equivariant"` (a parameter update).
         d_node_in: node feature width of the graphs (1: the bias).
         d_edge_in: edge feature width (1 for MLPs, 9 for 3x3 kernels, `h*w` for flatten).
@@ -359,8 +361,10 @@ class ScaleGMNConfig(_Schema):
         dropout: dropout on invariant features (inside the ScaleInv MLPs and the readout).
         layer_norm: layer norm on the (unscaled) input/output-node states and inside the
             invariant MLPs, where it keeps the symmetry.
-        sign_canon: how sign groups are made invariant: `"symmetrize"` (`rho(x)+rho(-x)`) or
-            `"canonicalize"` (multiply by the sign of the first non-zero entry).
+        sign_canon: how sign groups are made invariant: `"symmetrize"` (`MLP(x)+MLP(-x)`),
+            `"canonicalize"` (multiply by the sign of the largest-magnitude entry) or
+            `"symmetrize_phi"` (`MLP(rho(x)+rho(-x))` with a second MLP `rho` of width `d_in`,
+            as the original implementation; `rho` exists where sign groups can occur).
         mlp_layers: hidden layers of every invariant MLP.
         mlp_hidden: width of those hidden layers (defaults to `d_hidden`).
         mlp_activation: nonlinearity of the invariant MLPs.
@@ -372,6 +376,34 @@ class ScaleGMNConfig(_Schema):
         readout_layers: hidden layers of the readout MLP.
         edit_alpha_init: initial per-layer step `alpha` of the equivariant head.
         norm_eps: guard for the norm of a zero vector in positive-scaling canonicalisation.
+        io_mlps: extra invariant MLPs of every ScaleEq (messages and node updates) for the
+            rows of input and output nodes, which have no scaling symmetry: `0` shares the
+            hidden nodes' MLP (`ScaleEq(x) = (gamma x) * MLP(x)` everywhere), `1` gives input
+            and output nodes one MLP of their own (`io.0`), `2` one each (`io.0` for input
+            nodes, `io.1` for output nodes). The original implementation's `num_mlps` 2 / 3.
+        edge_inv: what the edge update reads of the node states: `"mlp"` an invariant MLP of
+            their canonical form (`ScaleInv`), `"canon"` the canonical form itself (`h/||h||`
+            for positive scaling, the sign-canonical `s h` for sign groups, `h` elsewhere).
+        skip_linear: the node skip connection is a learned bias-free `d x d` map,
+            `h <- S h + update`, instead of the identity (needs `skip_connections`).
+        readout_io: how the `full_graph` readout reads input and output nodes: `"sum"` their
+            sums, `"ordered"` every node in its fixed position (padded to `max_in_nodes` and
+            `max_out_nodes`).
+        layer_dropout: dropout on the node states after every layer (training only).
+        backward_edge_state: ScaleGMN-B keeps a second edge state for the backward
+            direction, with its own edge update (`edge_bwd`); needs `bidirectional` and
+            `edge_update`.
+        positional_features: append each row's node positional vector to the inputs of the
+            invariant MLPs of messages and node updates (`AugScaleInv`); needs
+            `positional_encoding`.
+        per_group_inv: separate invariant MLPs (`inv_scale`, used by rows whose group has
+            positive multipliers) beside the sign groups' `inv`, in messages, node updates and
+            the `full_graph` readout; for `symmetry` `"auto"` / `"hetero"`.
+        edge_positional_encoding: multiply edge states by learnable per-edge-type vectors
+            (`pe_edge_*`); `False`: no edge tables.
+        head_in_last_layer: equivariant head only: the last layer's node update writes one
+            channel and its edge update `d_edge_in` channels, read as the bias and weight
+            updates (no `head.node` / `head.edge` maps, no skip connection on that layer).
     """
 
     d_hidden: int = Field(default=128, ge=1)
@@ -379,7 +411,7 @@ class ScaleGMNConfig(_Schema):
     d_out: int = Field(default=10, ge=1)
     symmetry: SymmetryMode = "auto"
     bidirectional: bool = False
-    readout: Literal["full_graph", "last_layer"] = "full_graph"
+    readout: Literal["full_graph", "last_layer", "io_nodes"] = "full_graph"
     head: Literal["invariant", "equivariant"] = "invariant"
     d_node_in: int = Field(default=1, ge=1)
     d_edge_in: int = Field(default=1, ge=1)
@@ -388,7 +420,7 @@ class ScaleGMNConfig(_Schema):
     skip_connections: bool = True
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     layer_norm: bool = False
-    sign_canon: Literal["symmetrize", "canonicalize"] = "symmetrize"
+    sign_canon: Literal["symmetrize", "canonicalize", "symmetrize_phi"] = "symmetrize"
     mlp_layers: int = Field(default=1, ge=0)
     mlp_hidden: int | None = Field(default=None, ge=1)
     mlp_activation: MlpActivation = "silu"
@@ -401,13 +433,43 @@ class ScaleGMNConfig(_Schema):
     readout_layers: int = Field(default=1, ge=0)
     edit_alpha_init: float = Field(default=1e-3, gt=0.0)
     norm_eps: float = Field(default=1e-12, gt=0.0)
+    io_mlps: Literal[0, 1, 2] = 0
+    edge_inv: Literal["mlp", "canon"] = "mlp"
+    skip_linear: bool = False
+    readout_io: Literal["sum", "ordered"] = "sum"
+    layer_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    backward_edge_state: bool = False
+    positional_features: bool = False
+    per_group_inv: bool = False
+    edge_positional_encoding: bool = True
+    head_in_last_layer: bool = False
 
-    @field_validator("dropout")
+    @field_validator("dropout", "layer_dropout")
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
             raise ValueError("dropout must be finite")
         return v
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> ScaleGMNConfig:
+        """Refuse option combinations that have no meaning, naming the fix."""
+        if self.skip_linear and not self.skip_connections:
+            raise ValueError("skip_linear=True needs skip_connections=True")
+        if self.backward_edge_state and not (self.bidirectional and self.edge_update):
+            raise ValueError("backward_edge_state=True needs bidirectional=True and edge_update=True")
+        if self.positional_features and not self.positional_encoding:
+            raise ValueError("positional_features=True needs positional_encoding=True")
+        if self.per_group_inv and self.symmetry not in ("auto", "hetero"):
+            raise ValueError(
+                f"per_group_inv=True separates the MLPs of sign and scaling groups; with "
+                f"symmetry={self.symmetry!r} there is one kind: use symmetry='auto' or 'hetero'"
+            )
+        if self.head_in_last_layer and self.head != "equivariant":
+            raise ValueError("head_in_last_layer=True needs head='equivariant'")
+        if self.readout_io == "ordered" and self.readout != "full_graph":
+            raise ValueError("readout_io='ordered' is an option of readout='full_graph'")
+        return self
 
     @property
     def mlp_width(self) -> int:
@@ -471,11 +533,11 @@ class ScaleGMNConfig(_Schema):
                                      *(s.n_layers - 1 for s in specs)),
         }
         cfg = cls(**{**derived, **options})
-        if cfg.readout == "last_layer":
+        if cfg.readout in ("last_layer", "io_nodes"):
             outs = sorted({s.widths[-1] for s in specs})
             if len(outs) > 1:
                 raise ValueError(
-                    f"readout='last_layer' reads output neurons in a fixed order, but the "
+                    f"readout={cfg.readout!r} reads output neurons in a fixed order, but the "
                     f"networks have {outs} output neurons; use readout='full_graph'"
                 )
         for k, spec in enumerate(specs):
@@ -488,7 +550,7 @@ class ScaleGMNConfig(_Schema):
     def check_compatible(self, spec: NetworkSpec) -> None:
         """Raise a clear error if networks of `spec` cannot be fed to this model."""
         widths = spec.widths
-        if self.positional_encoding or self.readout == "last_layer":
+        if self.positional_encoding or self.readout != "full_graph" or self.readout_io == "ordered":
             if widths[0] > self.max_in_nodes:
                 raise ValueError(
                     f"the network has {widths[0]} input neurons but max_in_nodes="
