@@ -270,6 +270,33 @@ def test_device_cpu_trains_on_the_cpu(tiny_zoo, tmp_path):
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
+def test_bf16_autocast_trains_and_changes_the_arithmetic(tiny_zoo, tmp_path, monkeypatch):
+    seen = []
+    real = torch.nn.functional.linear
+
+    def spy(x, w, *a, **k):  # records the dtype autocast gives the matmuls
+        out = real(x, w, *a, **k)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    results = {}
+    for precision in ("float32", "bf16"):
+        seen.clear()
+        cfg = _cfg(tiny_zoo, epochs=1).model_copy(update={"precision": precision})
+        (tmp_path / f"{precision}.json").write_text(cfg.model_dump_json())
+        res = CliRunner().invoke(app, ["train", str(tmp_path / f"{precision}.json"), "--out",
+                                       str(tmp_path / precision), "--quiet"])
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(r) for r in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
+        results[precision] = (set(seen), rows)
+    assert results["float32"][0] == {torch.float32}
+    assert torch.bfloat16 in results["bf16"][0]  # the control: float32 runs never see bfloat16
+    assert results["bf16"][1][0]["loss"] != results["float32"][1][0]["loss"]
+    with pytest.raises(ValidationError, match="torch-backend option"):
+        RunConfig(zoo="z", precision="bf16", backend="jax")
+
+
 def test_a_state_without_checksum_is_refused(tmp_path):
     from safetensors.numpy import save_file
 

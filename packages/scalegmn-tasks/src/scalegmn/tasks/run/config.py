@@ -47,6 +47,9 @@ class LoopConfig(BaseModel):
             process's `LOCAL_RANK` GPU), `"cpu"`, `"cuda"` or `"cuda:N"`. A GPU that is
             not there stops the run before any work. The JAX backend places arrays on its
             default devices and only checks that a GPU exists when one is asked for.
+        precision: `"float32"`, or `"bf16"`: the forward pass and the loss of training and
+            evaluation run under `torch.autocast` with bfloat16 (parameters, gradients and
+            optimiser state stay float32). Torch backend only; mainly for GPUs.
 
     NaN and infinite numbers are refused here and in the nested model configuration.
     """
@@ -63,6 +66,16 @@ class LoopConfig(BaseModel):
     backend: BackendName = "torch"
     threads: int | None = Field(default=None, ge=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+    precision: Literal["float32", "bf16"] = "float32"
+
+    @model_validator(mode="after")
+    def _precision_backend(self) -> LoopConfig:
+        if self.precision == "bf16" and self.backend != "torch":
+            raise ValueError(
+                "precision='bf16' (torch.autocast) is a torch-backend option; the JAX backend "
+                "trains in float32: use backend='torch' or precision='float32'"
+            )
+        return self
 
 
 def data_label(data: Any) -> str:

@@ -180,6 +180,11 @@ class TorchBackend(Backend):
         """The torch module (not the DDP wrapper)."""
         return self._model
 
+    def _autocast(self) -> torch.autocast:
+        """bfloat16 autocast on the run's device when `precision` is `"bf16"` (else a no-op)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.setup.loop.precision == "bf16")
+
     def _targets(self, y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(y)).to(self.device, self.target_dtype)
 
@@ -195,8 +200,9 @@ class TorchBackend(Backend):
         local = np.arange(len(nets))[self.rank::self.world]
         # DDP averages gradients over processes: scale so the average is d(mean loss).
         scale = self.world / len(nets)
-        out = self.net(self._batch([nets[i] for i in local]))
-        loss = self.task.torch_loss_sum(out, self._targets(targets[local])) * scale
+        with self._autocast():
+            out = self.net(self._batch([nets[i] for i in local]))
+            loss = self.task.torch_loss_sum(out, self._targets(targets[local])) * scale
         self.opt.zero_grad()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.setup.loop.grad_clip)
@@ -216,9 +222,9 @@ class TorchBackend(Backend):
                                  for i in range(0, len(nets), EVAL_BATCH)]
         self._model.eval()
         values = []
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             for xb, y in self._eval[split]:
-                values.append(self.task.torch_values(self._model(xb), self._targets(y)))
+                values.append(self.task.torch_values(_float32(self._model(xb)), self._targets(y)))
         return self.task.score(np.concatenate(values), np.concatenate([y for _, y in self._eval[split]]))
 
     def finite(self) -> bool:
@@ -286,6 +292,11 @@ class TorchBackend(Backend):
         with torch.no_grad():
             out = self._model(self._batch(nets))
         return list(out.to_networks())
+
+
+def _float32(out: Any) -> Any:
+    """Model outputs back in float32 after autocast (a tensor; graphs are left as they are)."""
+    return out.float() if isinstance(out, torch.Tensor) else out
 
 
 def score(model: Any, batches: Sequence[tuple[Any, np.ndarray]], classify: bool) -> float:
