@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scalegmn.weightgraph import ScaleGMNConfig
 
+from ..augment import InrAugment
 from ..data import DataField, ZooData, zoo_shorthand
 
 ModelKindName = Literal["scalegmn", "gmn", "gmn_canon", "mlp"]
@@ -103,6 +104,9 @@ class RunConfig(LoopConfig):
             their root mean square over the training split (exact for every group: a fixed
             scalar per layer commutes with permutations, sign flips and scalings), so that
             tiny SIREN weights (~1e-2) reach the model at unit scale; `"none"` feeds raw weights.
+        augment: exact geometric augmentation of INR training networks (random rotations,
+            scalings and shifts of the image, done on the first layer's weights; see
+            `scalegmn.tasks.augment`); None: none.
 
     The optimisation settings, `backend` and `threads` are those of `LoopConfig`.
     """
@@ -113,6 +117,7 @@ class RunConfig(LoopConfig):
     mlp_hidden: int = Field(default=256, ge=1)
     task: TaskName = "auto"
     input_scaling: Literal["layer", "none"] = "layer"
+    augment: InrAugment | None = None
 
     _zoo_shorthand = model_validator(mode="before")(zoo_shorthand)
 

@@ -157,8 +157,12 @@ def _train(spec: RunSpec, task: Task, data: Any, backend: Any, folder: RunFolder
             losses = []
             for k in range(steps_per_epoch):
                 idx = order[k * loop.batch_size:(k + 1) * loop.batch_size]
+                if data.train_batch is not None:  # augmented: drawn from (seed, epoch, step), so resumes match
+                    batch = data.train_batch(idx, np.random.default_rng([loop.seed, epoch, k]))
+                else:
+                    batch = [nets[i] for i in idx]
                 try:
-                    losses.append(backend.train_step([nets[i] for i in idx], ys[idx], epoch * steps_per_epoch + k))
+                    losses.append(backend.train_step(batch, ys[idx], epoch * steps_per_epoch + k))
                 except NonFiniteError as err:
                     raise _stopped(f"epoch {epoch} step {k}: {err}", state_path, epoch) from None
                 bar.advance(task_bar)

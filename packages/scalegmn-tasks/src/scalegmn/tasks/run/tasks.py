@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,10 +47,14 @@ class RunData:
     Attributes:
         splits: `{"train"|"val"|"test": (networks, targets [n, ...])}`.
         extras: what the task reports beside the metric (e.g. a baseline).
+        train_batch: with augmentation, `(indices, rng) -> networks`: the training networks
+            of a step, transformed anew (the protocol seeds `rng` per step, so a resumed run
+            draws the same); None: `splits["train"]` as they are.
     """
 
     splits: dict[str, tuple[list[Network], np.ndarray]]
     extras: dict[str, Any] = field(default_factory=dict)
+    train_batch: Callable[[Sequence[int], np.random.Generator], list[Network]] | None = None
 
     @property
     def n_params(self) -> int:
@@ -202,11 +206,34 @@ class ZooTask(Task):
             items = [ds[i] for i in range(n)]
             splits[s] = ([a for a, _ in items], np.array([t for _, t in items]))
         self.check(splits)
-        if cfg.input_scaling == "layer":
-            scales = layer_scales(splits["train"][0])
+        raw_train = splits["train"][0]
+        scales = layer_scales(raw_train) if cfg.input_scaling == "layer" else None
+        if scales is not None:
             splits = {s: (scale_layers(nets, scales), y) for s, (nets, y) in splits.items()}
         prepare = get_model_kind(cfg.model).prepare
-        return RunData({s: (prepare(nets), y) for s, (nets, y) in splits.items()})
+        train_batch = None
+        if cfg.augment is not None and cfg.augment.active:
+            train_batch = self._augmenter(raw_train, scales, prepare)
+        return RunData({s: (prepare(nets), y) for s, (nets, y) in splits.items()}, train_batch=train_batch)
+
+    def _augmenter(self, raw: list[Network], scales: tuple[list[float], list[float]] | None,
+                   prepare: Callable[[Sequence[Network]], list[Network]]
+                   ) -> Callable[[Sequence[int], np.random.Generator], list[Network]]:
+        """The step's training networks: each raw network transformed, then scaled and prepared."""
+        from ..augment import AugmentError, check_inr, random_similarity, transform_inr
+
+        aug = self.cfg.augment
+        assert aug is not None
+        try:
+            check_inr(raw[0])
+        except AugmentError as err:
+            raise TrainError(f"{self.cfg.zoo}: {err}") from None
+
+        def batch(idx: Sequence[int], rng: np.random.Generator) -> list[Network]:
+            nets = [transform_inr(raw[i], *random_similarity(rng, aug)) for i in idx]
+            return prepare(scale_layers(nets, scales) if scales is not None else nets)
+
+        return batch
 
     def check(self, splits: dict[str, tuple[list[Network], np.ndarray]]) -> None:
         """Refuse a zoo that does not fit the model (architecture, sizes)."""
