@@ -44,7 +44,7 @@ def test_the_draws_stay_in_their_ranges() -> None:
 
 def test_only_inrs_of_coordinates_are_transformed() -> None:
     net = random_network(NetworkSpec.mlp([3, 4, 2], activation="relu"), rng=0)
-    with pytest.raises(AugmentError, match="2-D coordinates.*3 inputs"):
+    with pytest.raises(AugmentError, match=r"2-D coordinates.*3 inputs"):
         transform_inr(net, np.eye(2), np.zeros(2))
     with pytest.raises(ValueError, match="rotate_deg"):
         InrAugment(rotate_deg=-1)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
+
 from scalegmn.weightgraph import DenseLayer, Network
 
 
