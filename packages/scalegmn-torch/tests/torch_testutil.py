@@ -17,6 +17,40 @@ from torch import Tensor
 from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
 from scalegmn.weightgraph import ConvLayer, DenseLayer, Network, NetworkSpec, random_network
 
+# One case per option (with the options it needs), and the original implementation's models.
+OPTION_CASES: dict[str, dict[str, object]] = {
+    "symmetrize_phi": {"sign_canon": "symmetrize_phi", "bidirectional": True},
+    "symmetrize_phi_readout": {"sign_canon": "symmetrize_phi", "layer_norm": True, "mlp_layers": 2},
+    "io_mlps_1": {"io_mlps": 1, "bidirectional": True},
+    "io_mlps_2": {"io_mlps": 2, "bidirectional": True, "message_receiver": False},
+    "io_nodes": {"readout": "io_nodes", "bidirectional": True},
+    "readout_io_ordered": {"readout_io": "ordered"},
+    "skip_linear": {"skip_linear": True, "head": "equivariant"},
+    "edge_inv_canon": {"edge_inv": "canon", "head": "equivariant", "sign_canon": "canonicalize"},
+    "edge_inv_canon_sym": {"edge_inv": "canon", "bidirectional": True},
+    "backward_edge_state": {"backward_edge_state": True, "bidirectional": True, "head": "equivariant"},
+    "positional_features": {"positional_features": True, "io_mlps": 2, "bidirectional": True},
+    "positional_features_phi": {"positional_features": True, "sign_canon": "symmetrize_phi",
+                                "per_group_inv": True},
+    "head_in_last_layer": {"head": "equivariant", "head_in_last_layer": True, "bidirectional": True,
+                           "backward_edge_state": True, "io_mlps": 1},
+    "per_group_inv": {"per_group_inv": True, "bidirectional": True},
+    "per_group_inv_canon": {"per_group_inv": True, "sign_canon": "canonicalize", "mlp_layers": 0},
+    "layer_dropout": {"layer_dropout": 0.5},
+    "no_edge_pe": {"edge_positional_encoding": False, "head": "equivariant"},
+    "mnist_like": {"symmetry": "sign", "readout": "last_layer", "message_receiver": False,
+                   "skip_linear": True, "layer_norm": True, "sign_canon": "symmetrize_phi",
+                   "io_mlps": 1},
+    "all": {"symmetry": "hetero", "bidirectional": True, "sign_canon": "symmetrize_phi", "io_mlps": 2,
+            "edge_inv": "canon", "skip_linear": True, "readout_io": "ordered",
+            "backward_edge_state": True, "positional_features": True, "per_group_inv": True,
+            "edge_positional_encoding": False, "layer_dropout": 0.1},
+    "all_edit": {"head": "equivariant", "head_in_last_layer": True, "bidirectional": True,
+                 "backward_edge_state": True, "sign_canon": "symmetrize_phi", "io_mlps": 2,
+                 "edge_inv": "canon", "skip_linear": True, "positional_features": True,
+                 "per_group_inv": True, "edge_positional_encoding": False},
+}
+
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 

@@ -261,6 +261,11 @@ def canon_state(x: Tensor, grp: Grp, eps: float) -> Tensor:
     return c if s is None else c * s
 
 
+def phi_symmetrize(rho: MLP, c: Tensor) -> Tensor:
+    """`rho(c) + rho(-c)`: the sign-invariant input of `symmetrize_phi`'s `inv`."""
+    return rho(c) + rho(-c)
+
+
 def general_inv(inv: MLP, x: Tensor, grp: Grp, eps: float, sign_canon: str, *,
                 rho: MLP | None = None, inv_scale: MLP | None = None,
                 io: Sequence[MLP] | None = None, pos: Tensor | None = None) -> Tensor:
@@ -309,7 +314,7 @@ def general_inv(inv: MLP, x: Tensor, grp: Grp, eps: float, sign_canon: str, *,
                 assert s is not None
                 return inv(aug(s * c))
             if sign_canon == "symmetrize_phi" and rho is not None:
-                return inv(aug(rho(c) + rho(-c)))
+                return inv(aug(phi_symmetrize(rho, c)))
             return inv(aug(c)) + inv(aug(-c))
 
         return _where(grp.flip, flipped, plain) if grp.any_flip else plain()

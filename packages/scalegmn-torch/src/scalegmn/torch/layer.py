@@ -32,10 +32,13 @@ OPTION_DEFAULTS: dict[str, object] = {
 
 
 def non_default_options(cfg: ScaleGMNConfig) -> list[str]:
-    """The names of the new options (and `sign_canon="symmetrize_phi"`) set away from default."""
+    """The new options set away from their defaults (with `sign_canon="symmetrize_phi"` and
+    `readout="io_nodes"`)."""
     out = [name for name, v in OPTION_DEFAULTS.items() if getattr(cfg, name) != v]
     if cfg.sign_canon == "symmetrize_phi":
         out.insert(0, "sign_canon='symmetrize_phi'")
+    if cfg.readout == "io_nodes":
+        out.append("readout='io_nodes'")
     return out
 
 
