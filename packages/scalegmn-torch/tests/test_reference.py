@@ -18,6 +18,8 @@ from torch_testutil import (
     make_model,
     mixed_specs,
     nets,
+    option_config,
+    options,
     rel_err,
     small_config,
     spec_for,
@@ -290,45 +292,6 @@ def test_reference_catches_a_missing_normalisation(monkeypatch: pytest.MonkeyPat
 
 
 # ----------------------------------------------------------------------------- the new options
-
-options = st.fixed_dictionaries({
-    "symmetry": st.sampled_from(["auto", "hetero", "sign", "scale", "permutation", "nonzero"]),
-    "sign_canon": st.sampled_from(["symmetrize", "canonicalize", "symmetrize_phi"]),
-    "io_mlps": st.sampled_from([0, 1, 2]),
-    "edge_inv": st.sampled_from(["mlp", "canon"]),
-    "skip_linear": st.booleans(),
-    "readout": st.sampled_from(["full_graph", "last_layer", "io_nodes"]),
-    "readout_io": st.sampled_from(["sum", "ordered"]),
-    "backward_edge_state": st.booleans(),
-    "positional_features": st.booleans(),
-    "per_group_inv": st.booleans(),
-    "edge_positional_encoding": st.booleans(),
-    "head": st.sampled_from(["invariant", "equivariant"]),
-    "head_in_last_layer": st.booleans(),
-    "bidirectional": st.booleans(),
-    "message_receiver": st.booleans(),
-    "edge_update": st.booleans(),
-    "skip_connections": st.booleans(),
-    "mlp_layers": st.integers(0, 2),
-    "layer_norm": st.booleans(),
-    "positional_encoding": st.booleans(),
-})
-
-
-def option_config(kw: dict, **extra: object):  # type: ignore[no-untyped-def]
-    """A valid small configuration from a draw of `options` (dropping what does not fit)."""
-    kw = dict(kw, **extra)
-    if kw["symmetry"] == "nonzero" and kw["sign_canon"] == "symmetrize_phi":
-        kw["sign_canon"] = "symmetrize"
-    kw["skip_linear"] &= kw["skip_connections"]
-    kw["backward_edge_state"] &= kw["bidirectional"] and kw["edge_update"]
-    kw["positional_features"] &= kw["positional_encoding"]
-    kw["per_group_inv"] &= kw["symmetry"] in ("auto", "hetero")
-    kw["head_in_last_layer"] &= kw["head"] == "equivariant" and kw["edge_update"]
-    if kw["readout"] != "full_graph":
-        kw["readout_io"] = "sum"
-    return small_config(**kw, d_hidden=5, mlp_hidden=4)
-
 
 @settings(max_examples=30, deadline=None)
 @given(kw=options, kind=st.sampled_from(["mlp", "cnn", "flatten", "mixed"]), seed=st.integers(0, 10**6))

@@ -24,6 +24,8 @@ from torch_testutil import (
     make_model,
     naive_bidirectional,
     nets,
+    option_config,
+    options,
     rel_err,
     small_config,
     spec_for,
@@ -436,3 +438,28 @@ def test_control_edge_tables_per_edge_position() -> None:
     assert not any(name.startswith("pe_edge") for name in model.state_dict())
     assert option_error(kw, "mlp", "relu", True, scale=False) < 1e-10
     assert option_error(kw, "mlp", "relu", True, patch=per_edge, scale=False) > 1e-4
+
+
+OPTION_ACTIVATIONS = {"scale": ["relu"], "sign": ["tanh", "sine"], "nonzero": ["identity"],
+                      "permutation": ["gelu", "relu"], "auto": ["relu", "tanh", "identity", "mixed"],
+                      "hetero": ["mixed", "tanh"]}
+
+
+@settings(max_examples=30, deadline=None)
+@given(kw=options, kind=st.sampled_from(["mlp", "cnn", "flatten"]), dense=st.booleans(),
+       seed=st.integers(0, 10**6))
+def test_random_option_draws_keep_the_symmetry(kw: dict, kind: str, dense: bool, seed: int) -> None:
+    cfg = option_config(kw)
+    acts = OPTION_ACTIVATIONS[cfg.symmetry]
+    activation = acts[seed % len(acts)]
+    if activation == "mixed":
+        kind = "mlp"
+    rng = np.random.default_rng(seed)
+    spec = _spec(kind, activation)
+    net = nets(spec, 1, seed=seed % 997)[0]
+    element = sample_element(spec, rng, scale=cfg.symmetry != "permutation", extreme=True)
+    model = make_model(cfg, seed=seed % 1000)
+    if cfg.head == "equivariant":
+        assert equivariance_error(edit_fn(model, torch.float64, dense=dense), net, element) < 1e-10
+    else:
+        assert invariance_error(invariant_fn(model, torch.float64, dense=dense), net, element) < 1e-10
