@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch_testutil import make_model, nets, small_config, spec_for
+from torch_testutil import OPTION_CASES, make_model, nets, small_config, spec_for
 
 from scalegmn.torch import CheckpointError, ScaleGMN, collate, load_checkpoint, save_checkpoint
 from scalegmn.weightgraph.checkpoint import CHECKSUM_FILE
@@ -17,7 +17,8 @@ from scalegmn.weightgraph.io import sha256_file
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cfg", [{}, {"bidirectional": True, "head": "equivariant"},
-                                 {"readout": "last_layer", "layer_norm": True, "mlp_layers": 2}])
+                                 {"readout": "last_layer", "layer_norm": True, "mlp_layers": 2},
+                                 OPTION_CASES["all"], OPTION_CASES["all_edit"]])
 def test_round_trip(tmp_path: Path, dtype: torch.dtype, cfg: dict) -> None:
     m = make_model(small_config(**cfg), dtype=dtype)
     path = save_checkpoint(m, tmp_path / "ckpt")

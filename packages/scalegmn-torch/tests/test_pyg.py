@@ -185,3 +185,45 @@ def test_pyg_errors_are_one_clear_line() -> None:
 def test_group_masks_follow_the_codes() -> None:
     g = Grp.from_codes(torch.tensor([[0], [1], [2], [3]]), F64)
     assert isinstance(g.norm, torch.Tensor) and g.norm.flatten().tolist() == [0, 1, 0, 1]
+
+
+PYG_OPTIONS = ["symmetrize_phi", "edge_inv_canon", "skip_linear", "io_nodes", "readout_io_ordered",
+               "per_group_inv", "layer_dropout", "no_edge_pe", "edge_inv_canon_sym"]
+
+
+@pytest.mark.parametrize("case", PYG_OPTIONS)
+def test_pyg_layers_compute_the_new_options(case: str) -> None:
+    """The options that need no per-row roles or second edge state run on PyG batches."""
+    from torch_testutil import OPTION_CASES
+
+    ns = [nets(s, 1, seed=k)[0] for k, s in enumerate(mixed_specs())]
+    kw = {**OPTION_CASES[case]}
+    if kw.get("readout") == "io_nodes":
+        ns = [n for n in ns if n.spec.widths[-1] == 2]
+    model = make_model(small_config(**kw))
+    ref = model(collate(ns, F64))
+    out = model.forward_pyg(pyg_batch(ns, d_edge=9))
+    if isinstance(ref, Tensor):
+        assert rel_err(out, ref) < 1e-10
+    else:
+        assert rel_err(out.edge_attr, ref.edge_features) < 1e-10
+
+
+def test_pyg_head_in_last_layer() -> None:
+    ns = nets(spec_for("mlp", "relu"), 3)
+    model = make_model(small_config(head="equivariant", head_in_last_layer=True, bidirectional=True))
+    ref = model(collate(ns, F64, dense=False))
+    out = model.forward_pyg(pyg_batch(ns))
+    assert rel_err(out.edge_attr, ref.edge_features) < 1e-10
+    assert rel_err(out.x, ref.node_features) < 1e-10
+
+
+@pytest.mark.parametrize("option", [{"io_mlps": 1}, {"positional_features": True},
+                                    {"backward_edge_state": True, "bidirectional": True}])
+def test_pyg_refuses_options_it_does_not_carry(option: dict) -> None:
+    model = make_model(small_config(**option))
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=name):
+        model.forward_pyg(pyg_batch(nets(spec_for("mlp", "relu"), 2), d_edge=9))
+    with pytest.raises(ValueError, match=name):
+        ScaleGMNConv(small_config(**option))

@@ -35,3 +35,20 @@ def test_gradients_are_finite_at_zero_states(layer_norm: bool, bidirectional: bo
     out.square().sum().backward()
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradients in {bad}"
+
+
+@pytest.mark.parametrize("options", [
+    {"sign_canon": "symmetrize_phi", "io_mlps": 2, "per_group_inv": True, "positional_features": True},
+    {"edge_inv": "canon", "backward_edge_state": True, "bidirectional": True, "skip_linear": True},
+    {"head": "equivariant", "head_in_last_layer": True, "edge_inv": "canon", "sign_canon": "canonicalize"},
+])
+@pytest.mark.parametrize("dense", [True, False])
+def test_new_options_have_finite_gradients_at_zero_states(options: dict, dense: bool) -> None:
+    torch.manual_seed(0)
+    model = ScaleGMN(ScaleGMNConfig(d_hidden=8, n_layers=2, d_out=1, symmetry="auto", **options)).double()
+    out = model(collate(_zero_state_networks(), torch.float64, dense=dense))
+    y = out if isinstance(out, torch.Tensor) else out.edge_features
+    assert torch.isfinite(y).all()
+    y.square().sum().backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients in {bad}"

@@ -12,10 +12,45 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hypothesis import strategies as st
 from torch import Tensor
 
 from scalegmn.torch import ScaleGMN, ScaleGMNConfig, collate
 from scalegmn.weightgraph import ConvLayer, DenseLayer, Network, NetworkSpec, random_network
+
+# One case per option (with the options it needs), and the original implementation's models.
+OPTION_CASES: dict[str, dict[str, object]] = {
+    "symmetrize_phi": {"sign_canon": "symmetrize_phi", "bidirectional": True},
+    "symmetrize_phi_readout": {"sign_canon": "symmetrize_phi", "layer_norm": True, "mlp_layers": 2},
+    "io_mlps_1": {"io_mlps": 1, "bidirectional": True},
+    "io_mlps_2": {"io_mlps": 2, "bidirectional": True, "message_receiver": False},
+    "io_nodes": {"readout": "io_nodes", "bidirectional": True},
+    "readout_io_ordered": {"readout_io": "ordered"},
+    "skip_linear": {"skip_linear": True, "head": "equivariant"},
+    "edge_inv_canon": {"edge_inv": "canon", "head": "equivariant", "sign_canon": "canonicalize"},
+    "edge_inv_canon_sym": {"edge_inv": "canon", "bidirectional": True},
+    "backward_edge_state": {"backward_edge_state": True, "bidirectional": True, "head": "equivariant"},
+    "positional_features": {"positional_features": True, "io_mlps": 2, "bidirectional": True},
+    "positional_features_phi": {"positional_features": True, "sign_canon": "symmetrize_phi",
+                                "per_group_inv": True},
+    "head_in_last_layer": {"head": "equivariant", "head_in_last_layer": True, "bidirectional": True,
+                           "backward_edge_state": True, "io_mlps": 1},
+    "per_group_inv": {"per_group_inv": True, "bidirectional": True},
+    "per_group_inv_canon": {"per_group_inv": True, "sign_canon": "canonicalize", "mlp_layers": 0},
+    "layer_dropout": {"layer_dropout": 0.5},
+    "no_edge_pe": {"edge_positional_encoding": False, "head": "equivariant"},
+    "mnist_like": {"symmetry": "sign", "readout": "last_layer", "message_receiver": False,
+                   "skip_linear": True, "layer_norm": True, "sign_canon": "symmetrize_phi",
+                   "io_mlps": 1},
+    "all": {"symmetry": "hetero", "bidirectional": True, "sign_canon": "symmetrize_phi", "io_mlps": 2,
+            "edge_inv": "canon", "skip_linear": True, "readout_io": "ordered",
+            "backward_edge_state": True, "positional_features": True, "per_group_inv": True,
+            "edge_positional_encoding": False, "layer_dropout": 0.1},
+    "all_edit": {"head": "equivariant", "head_in_last_layer": True, "bidirectional": True,
+                 "backward_edge_state": True, "sign_canon": "symmetrize_phi", "io_mlps": 2,
+                 "edge_inv": "canon", "skip_linear": True, "positional_features": True,
+                 "per_group_inv": True, "edge_positional_encoding": False},
+}
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -135,3 +170,43 @@ def mixed_specs() -> Sequence[NetworkSpec]:
         NetworkSpec.small_cnn(activation="relu", channels=3, n_conv=2, image_size=8, n_classes=2),
         flatten_cnn_spec("tanh"),
     ]
+
+
+# Random draws of the options (and of the older ones they combine with).
+options = st.fixed_dictionaries({
+    "symmetry": st.sampled_from(["auto", "hetero", "sign", "scale", "permutation", "nonzero"]),
+    "sign_canon": st.sampled_from(["symmetrize", "canonicalize", "symmetrize_phi"]),
+    "io_mlps": st.sampled_from([0, 1, 2]),
+    "edge_inv": st.sampled_from(["mlp", "canon"]),
+    "skip_linear": st.booleans(),
+    "readout": st.sampled_from(["full_graph", "last_layer", "io_nodes"]),
+    "readout_io": st.sampled_from(["sum", "ordered"]),
+    "backward_edge_state": st.booleans(),
+    "positional_features": st.booleans(),
+    "per_group_inv": st.booleans(),
+    "edge_positional_encoding": st.booleans(),
+    "head": st.sampled_from(["invariant", "equivariant"]),
+    "head_in_last_layer": st.booleans(),
+    "bidirectional": st.booleans(),
+    "message_receiver": st.booleans(),
+    "edge_update": st.booleans(),
+    "skip_connections": st.booleans(),
+    "mlp_layers": st.integers(0, 2),
+    "layer_norm": st.booleans(),
+    "positional_encoding": st.booleans(),
+})
+
+
+def option_config(kw: dict, **extra: object) -> ScaleGMNConfig:
+    """A valid small configuration from a draw of `options` (dropping what does not fit)."""
+    kw = dict(kw, **extra)
+    if kw["symmetry"] == "nonzero" and kw["sign_canon"] == "symmetrize_phi":
+        kw["sign_canon"] = "symmetrize"
+    kw["skip_linear"] &= kw["skip_connections"]
+    kw["backward_edge_state"] &= kw["bidirectional"] and kw["edge_update"]
+    kw["positional_features"] &= kw["positional_encoding"]
+    kw["per_group_inv"] &= kw["symmetry"] in ("auto", "hetero")
+    kw["head_in_last_layer"] &= kw["head"] == "equivariant" and kw["edge_update"]
+    if kw["readout"] != "full_graph":
+        kw["readout_io"] = "sum"
+    return small_config(**kw, d_hidden=5, mlp_hidden=4)

@@ -9,7 +9,7 @@ part (the result is the same map, with fewer multiplications).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast, get_args
 
 import torch
@@ -97,13 +97,43 @@ class MLP(nn.Module):
 
 
 class ScaleEq(nn.Module):
-    """Parameters of `ScaleEq_G(x) = (gamma x) * ScaleInv_G(x)` for an input of width `d_in`."""
+    """Parameters of `ScaleEq_G(x) = (gamma x) * ScaleInv_G(x)` for an input of width `d_in`.
+
+    Args:
+        d_in: input width.
+        d: output width.
+        mlp_hidden, n_hidden, activation, layer_norm, dropout: the invariant MLPs' shape.
+        d_pos: width of the positional vector appended to the invariant MLPs' inputs
+            (`positional_features`; 0: none).
+        rho: with a second MLP `rho: d_in -> d_in` (`sign_canon="symmetrize_phi"`).
+        n_io: number of MLPs `io.{k}` for rows whose receiver is an input / output node.
+        inv_scale: with an MLP `inv_scale` for positive-scaling rows (`per_group_inv`).
+    """
+
+    rho: MLP | None
+    io: nn.ModuleList | None
+    inv_scale: MLP | None
 
     def __init__(self, d_in: int, d: int, mlp_hidden: int, n_hidden: int, activation: str,
-                 layer_norm: bool, dropout: float) -> None:
+                 layer_norm: bool, dropout: float, *, d_pos: int = 0, rho: bool = False,
+                 n_io: int = 0, inv_scale: bool = False) -> None:
         super().__init__()
         self.gamma = nn.Linear(d_in, d, bias=False)
-        self.inv = MLP(d_in, mlp_hidden, d, n_hidden, activation, layer_norm, dropout)
+        self.inv = MLP(d_in + d_pos, mlp_hidden, d, n_hidden, activation, layer_norm, dropout)
+        self.rho = (MLP(d_in, mlp_hidden, d_in, n_hidden, activation, layer_norm, dropout)
+                    if rho else None)
+        self.io = (nn.ModuleList(MLP(d_in + d_pos, mlp_hidden, d, n_hidden, activation, layer_norm,
+                                     dropout) for _ in range(n_io))
+                   if n_io else None)
+        self.inv_scale = (MLP(d_in + d_pos, mlp_hidden, d, n_hidden, activation, layer_norm,
+                              dropout) if inv_scale else None)
+        self.d_pos = d_pos
+
+    @property
+    def general(self) -> bool:
+        """Whether an option beyond today's ScaleEq is in use (computed by `scale_eq_rows`)."""
+        return (self.d_pos > 0 or self.rho is not None or self.io is not None
+                or self.inv_scale is not None)
 
 
 class ReScaleEq(nn.Module):
@@ -198,6 +228,111 @@ def inv_tail(mlp: MLP, pre: Tensor, grp: Grp, sign: Tensor | None, symmetrize: b
     return a + b * flip if isinstance(flip, Tensor) else a + b
 
 
+def _where(mask: bool | Tensor, a: Callable[[], Tensor], b: Callable[[], Tensor]) -> Tensor:
+    """`a()` on rows where `mask`, `b()` elsewhere (only the needed branch for a constant)."""
+    if isinstance(mask, Tensor):
+        return torch.where(mask > 0, a(), b())
+    return a() if mask else b()
+
+
+def _scale_rows(grp: Grp) -> bool | Tensor:
+    """Rows whose group normalises and does not flip (positive scaling)."""
+    if isinstance(grp.norm, Tensor) or isinstance(grp.flip, Tensor):
+        norm = grp.norm if isinstance(grp.norm, Tensor) else float(grp.norm)
+        keep = 1 - grp.flip if isinstance(grp.flip, Tensor) else float(not grp.flip)
+        out = norm * keep
+        assert isinstance(out, Tensor)
+        return out
+    return grp.norm and not grp.flip
+
+
+def canon_state(x: Tensor, grp: Grp, eps: float) -> Tensor:
+    """The canonical form `c(x)` of node-level rows (`edge_inv="canon"`): `[..., d]`.
+
+    `x / max(||x||, eps)` where the group normalises, then times the sign `s` of its
+    largest-magnitude entry (first on ties, `s = 1` for zero) where the group flips.
+    """
+    c = x
+    if grp.any_norm:
+        f = norm_factor(x.square().sum(-1, keepdim=True), grp, eps)
+        if f is not None:
+            c = x * f
+    s = canon_sign([max_abs_sign(c)], grp)
+    return c if s is None else c * s
+
+
+def phi_symmetrize(rho: MLP, c: Tensor) -> Tensor:
+    """`rho(c) + rho(-c)`: the sign-invariant input of `symmetrize_phi`'s `inv`."""
+    return rho(c) + rho(-c)
+
+
+def general_inv(inv: MLP, x: Tensor, grp: Grp, eps: float, sign_canon: str, *,
+                rho: MLP | None = None, inv_scale: MLP | None = None,
+                io: Sequence[MLP] | None = None, pos: Tensor | None = None) -> Tensor:
+    """ScaleInv of materialised rows with every option of `docs/model.md`: `[..., d_out]`.
+
+    Hidden rows read `c` (`x` normalised where the group normalises) and, with `pos`, the
+    receiver's positional vector `p` appended: flip rows `inv([c, p]) + inv([-c, p])`
+    (`symmetrize`), `inv([rho(c) + rho(-c), p])` (`symmetrize_phi`) or `inv([s c, p])`
+    (`canonicalize`); positive-scaling rows `inv_scale([c, p])` when given; other rows
+    `inv([c, p])`. Rows whose receiver is an input (output) node read `io[0]([x, p])`
+    (`io[-1]([x, p])`) when `io` is given.
+
+    Args:
+        inv: the invariant MLP.
+        x: rows `[..., d_in]`.
+        grp: the rows' groups, receiver roles (`inp`, `out`).
+        eps: `norm_eps`.
+        sign_canon: `ScaleGMNConfig.sign_canon`.
+        rho: the `symmetrize_phi` MLP (`None`: flip rows as `symmetrize`).
+        inv_scale: the positive-scaling rows' MLP (`per_group_inv`).
+        io: the input/output rows' MLPs (`io_mlps`).
+        pos: positional vectors `[..., d]` broadcastable onto the rows.
+    """
+
+    def aug(v: Tensor) -> Tensor:
+        if pos is None:
+            return v
+        shape = torch.broadcast_shapes(v.shape[:-1], pos.shape[:-1])
+        return torch.cat([v.expand(*shape, v.shape[-1]), pos.expand(*shape, pos.shape[-1])], -1)
+
+    def hidden() -> Tensor:
+        c = x
+        if grp.any_norm:
+            f = norm_factor(x.square().sum(-1, keepdim=True), grp, eps)
+            if f is not None:
+                c = x * f
+
+        def plain() -> Tensor:
+            if inv_scale is None or not grp.any_norm:
+                return inv(aug(c))
+            return _where(_scale_rows(grp), lambda: inv_scale(aug(c)), lambda: inv(aug(c)))
+
+        def flipped() -> Tensor:
+            if sign_canon == "canonicalize":
+                s = canon_sign([max_abs_sign(c)], grp)
+                assert s is not None
+                return inv(aug(s * c))
+            if sign_canon == "symmetrize_phi" and rho is not None:
+                return inv(aug(phi_symmetrize(rho, c)))
+            return inv(aug(c)) + inv(aug(-c))
+
+        return _where(grp.flip, flipped, plain) if grp.any_flip else plain()
+
+    if io is None or not grp.any_io:
+        return hidden()
+    return _where(grp.inp, lambda: io[0](aug(x)),
+                  lambda: _where(grp.out, lambda: io[-1](aug(x)), hidden))
+
+
+def scale_eq_rows(mod: ScaleEq, x: Tensor, grp: Grp, eps: float, sign_canon: str) -> Tensor:
+    """`ScaleEq_G(x) = (gamma x) * ScaleInv_G(x)` of materialised rows `[..., d_in]`."""
+    io = None if mod.io is None else [cast(MLP, m) for m in mod.io]
+    inv = general_inv(mod.inv, x, grp, eps, sign_canon, rho=mod.rho, inv_scale=mod.inv_scale,
+                      io=io, pos=grp.pos if mod.d_pos else None)
+    return F.linear(x, mod.gamma.weight) * inv
+
+
 def scale_inv(mlp: MLP, x: Tensor, grp: Grp, eps: float, symmetrize: bool) -> Tensor:
     """`ScaleInv_G(x)` of node-level rows `x` `[..., d_in] -> [..., d_out]`."""
     pre = F.linear(x, mlp.linear(0).weight)
@@ -215,7 +350,7 @@ def scale_eq(
     edge: Tensor | None,
     grp: Grp,
     eps: float,
-    symmetrize: bool,
+    sign_canon: str,
 ) -> Tensor:
     """`ScaleEq_G([bcast(node), edge])` without materialising the concatenation.
 
@@ -223,9 +358,22 @@ def scale_eq(
     and is broadcast onto the rows by `bcast`; the `edge` part (`[..., n_edge]` per row) once
     per row. Either part may be `None`.
 
+    With any of the options `positional_features`, `symmetrize_phi`, `io_mlps`,
+    `per_group_inv` (`mod.general`) the concatenation is built and `scale_eq_rows` applies.
+
     Returns:
         `[..., d]` per row.
     """
+    if mod.general:
+        cols = [] if node is None else [bcast(node)]
+        if edge is not None:
+            cols.append(edge)
+        if len(cols) == 2:
+            shape = torch.broadcast_shapes(cols[0].shape[:-1], cols[1].shape[:-1])
+            cols = [t.expand(*shape, t.shape[-1]) for t in cols]
+        x = torch.cat(cols, -1) if len(cols) == 2 else cols[0]
+        return scale_eq_rows(mod, x, grp, eps, sign_canon)
+    symmetrize = sign_canon != "canonicalize"
     wg, w0 = mod.gamma.weight, mod.inv.linear(0).weight
     d = wg.shape[0]
     n_node = 0 if node is None else node.shape[-1]

@@ -33,10 +33,17 @@ class Grp:
             mask (1.0 where the row's group is scale or nonzero) shaped like the rows with a
             trailing 1.
         flip: the same for sign symmetrisation/canonicalisation (sign or nonzero).
+        inp: the same for rows whose receiver is an input node (read with `io_mlps`).
+        out: the same for rows whose receiver is an output node (read with `io_mlps`).
+        pos: the receivers' positional vectors `[..., d]` (with `positional_features`), else
+            `None`.
     """
 
     norm: bool | Tensor
     flip: bool | Tensor
+    inp: bool | Tensor = False
+    out: bool | Tensor = False
+    pos: Tensor | None = None
 
     @staticmethod
     def const(code: int) -> Grp:
@@ -53,10 +60,12 @@ class Grp:
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Grp:
         """Apply an index/broadcast function to the masks (for gathering onto edges)."""
-        return Grp(
-            fn(self.norm) if isinstance(self.norm, Tensor) else self.norm,
-            fn(self.flip) if isinstance(self.flip, Tensor) else self.flip,
-        )
+
+        def f(m: bool | Tensor) -> bool | Tensor:
+            return fn(m) if isinstance(m, Tensor) else m
+
+        return Grp(f(self.norm), f(self.flip), f(self.inp), f(self.out),
+                   None if self.pos is None else fn(self.pos))
 
     @property
     def any_norm(self) -> bool:
@@ -67,6 +76,11 @@ class Grp:
     def any_flip(self) -> bool:
         """Whether any row may be sign-symmetrised."""
         return isinstance(self.flip, Tensor) or self.flip
+
+    @property
+    def any_io(self) -> bool:
+        """Whether any row's receiver may be an input or output node."""
+        return isinstance(self.inp, Tensor) or isinstance(self.out, Tensor) or self.inp or self.out
 
 
 def effective_codes(symmetry: str, auto_codes: Tensor, role: Tensor) -> Tensor:

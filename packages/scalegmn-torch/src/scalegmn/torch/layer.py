@@ -18,8 +18,40 @@ from scalegmn.weightgraph import ScaleGMNConfig
 from torch import Tensor, nn
 
 from . import fused as fz
-from .blocks import MLP, ReScaleEq, ScaleEq, scale_eq, scale_inv
+from .blocks import MLP, ReScaleEq, ScaleEq, canon_state, scale_eq, scale_inv
 from .groups import Grp
+
+# The options of `docs/model.md` beyond today's model, with their default values: any other
+# value turns off the fused kernels.
+OPTION_DEFAULTS: dict[str, object] = {
+    name: ScaleGMNConfig.model_fields[name].default
+    for name in ("io_mlps", "edge_inv", "skip_linear", "readout_io", "layer_dropout",
+                 "backward_edge_state", "positional_features", "per_group_inv",
+                 "edge_positional_encoding", "head_in_last_layer")
+}
+
+
+def non_default_options(cfg: ScaleGMNConfig) -> list[str]:
+    """The new options set away from their defaults (with `sign_canon="symmetrize_phi"` and
+    `readout="io_nodes"`)."""
+    out = [name for name, v in OPTION_DEFAULTS.items() if getattr(cfg, name) != v]
+    if cfg.sign_canon == "symmetrize_phi":
+        out.insert(0, "sign_canon='symmetrize_phi'")
+    if cfg.readout == "io_nodes":
+        out.append("readout='io_nodes'")
+    return out
+
+
+def has_rho(cfg: ScaleGMNConfig) -> bool:
+    """Whether the ScaleInvs get the `symmetrize_phi` MLP `rho` (where sign groups can occur)."""
+    return cfg.sign_canon == "symmetrize_phi" and cfg.symmetry in ("sign", "auto", "hetero")
+
+
+def scale_eq_module(cfg: ScaleGMNConfig, d_in: int, d_out: int) -> ScaleEq:
+    """A ScaleEq of a message or node update with the configuration's options."""
+    return ScaleEq(d_in, d_out, cfg.mlp_width, cfg.mlp_layers, cfg.mlp_activation, cfg.layer_norm,
+                   cfg.dropout, d_pos=cfg.d_hidden if cfg.positional_features else 0,
+                   rho=has_rho(cfg), n_io=cfg.io_mlps, inv_scale=cfg.per_group_inv)
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -49,35 +81,61 @@ class Direction(nn.Module):
         super().__init__()
         d = cfg.d_hidden
         self.rescale = ReScaleEq(d)
-        self.msg = ScaleEq(2 * d if cfg.message_receiver else d, d, cfg.mlp_width, cfg.mlp_layers,
-                           cfg.mlp_activation, cfg.layer_norm, cfg.dropout)
+        self.msg = scale_eq_module(cfg, 2 * d if cfg.message_receiver else d, d)
 
 
 class EdgeUpdate(nn.Module):
-    """Edge update parameters: `gamma`, the node ScaleInv `inv` and the edge `mlp`."""
+    """Edge update parameters: `gamma`, the node ScaleInv `inv` and the edge `mlp`.
 
-    def __init__(self, cfg: ScaleGMNConfig) -> None:
+    Args:
+        cfg: the configuration (`edge_inv="canon"`: no `inv`).
+        d_out: output width (`d_hidden`; `d_edge_in` for `head_in_last_layer`'s last layer).
+    """
+
+    inv: MLP | None
+
+    def __init__(self, cfg: ScaleGMNConfig, d_out: int | None = None) -> None:
         super().__init__()
         d = cfg.d_hidden
-        self.gamma = nn.Linear(d, d, bias=False)
-        self.inv = MLP(d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation, cfg.layer_norm,
-                       cfg.dropout)
-        self.mlp = MLP(2 * d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation,
+        d_out = d if d_out is None else d_out
+        self.gamma = nn.Linear(d, d_out, bias=False)
+        self.inv = (MLP(d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation, cfg.layer_norm,
+                        cfg.dropout) if cfg.edge_inv == "mlp" else None)
+        self.mlp = MLP(2 * d, cfg.mlp_width, d_out, cfg.mlp_layers, cfg.mlp_activation,
                        cfg.layer_norm, cfg.dropout)
 
 
 class GMNLayer(nn.Module):
-    """Parameters of one layer: `fwd`, `bwd` (bidirectional), `upd`, `edge` (edge update)."""
+    """Parameters of one layer: `fwd`, `bwd` (bidirectional), `upd`, `edge` (edge update),
+    `edge_bwd` (`backward_edge_state`), `skip` (`skip_linear`).
 
-    def __init__(self, cfg: ScaleGMNConfig, edge_update: bool) -> None:
+    Args:
+        cfg: the configuration.
+        edge_update: whether the layer updates edge states.
+        last: the model's last layer (with `head_in_last_layer` it writes the head's outputs:
+            one node channel, `d_edge_in` edge channels, no skip connections).
+    """
+
+    skip: nn.Linear | None
+
+    def __init__(self, cfg: ScaleGMNConfig, edge_update: bool, last: bool = False) -> None:
         super().__init__()
         d = cfg.d_hidden
         self.cfg = cfg
+        self.head_out = cfg.head_in_last_layer and last
+        self.skip_on = cfg.skip_connections and not self.head_out
         self.fwd = Direction(cfg)
         self.bwd = Direction(cfg) if cfg.bidirectional else None
-        self.upd = ScaleEq((3 if cfg.bidirectional else 2) * d, d, cfg.mlp_width, cfg.mlp_layers,
-                           cfg.mlp_activation, cfg.layer_norm, cfg.dropout)
-        self.edge = EdgeUpdate(cfg) if edge_update else None
+        self.upd = scale_eq_module(cfg, (3 if cfg.bidirectional else 2) * d,
+                                   1 if self.head_out else d)
+        d_edge = cfg.d_edge_in if self.head_out else d
+        self.edge = EdgeUpdate(cfg, d_edge) if edge_update else None
+        # backward messages read their own edge state (every layer, with or without an edge
+        # update of its own)
+        self.bes = cfg.backward_edge_state and cfg.bidirectional
+        self.edge_bwd = EdgeUpdate(cfg, d_edge) if edge_update and self.bes else None
+        self.skip = (nn.Linear(d, d, bias=False)
+                     if cfg.skip_linear and cfg.skip_connections and not self.head_out else None)
 
     def backward_rescale(self, hs: Tensor, ht: Tensor, y: Tensor, blk: EdgeBlock, gs: Grp, gt: Grp
                          ) -> Tensor:
@@ -112,33 +170,72 @@ class GMNLayer(nn.Module):
                 constant group per node set, see `fusable`).
 
         Returns:
-            The new node states and edge states.
+            The new node states and edge states (with `backward_edge_state` the backward
+            edge states start as `e`; use `step` to carry them).
         """
+        h, e, _ = self.step(h, e, None, grp, blocks, fused)
+        return h, e
+
+    def step(
+        self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
+        blocks: list[EdgeBlock], fused: bool = False,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
+        """`forward` with the backward edge states `e_b` of `backward_edge_state`.
+
+        Args:
+            h, e, grp, blocks, fused: as `forward`.
+            e_b: backward edge states per block (`None`: the same as `e`); ignored without
+                `backward_edge_state`.
+
+        Returns:
+            The new node states, edge states and backward edge states (`None` without
+            `backward_edge_state`).
+        """
+        if not self.bes:
+            e_b = None
+        elif e_b is None:
+            e_b = e
         if fused:
             agg_f, agg_b = self._messages_fused(h, e, grp, blocks)
             gammas: list[Tensor] = []
+            gammas_b: list[Tensor] = []
         else:
-            agg_f, agg_b, gammas = self._messages(h, e, grp, blocks)
-        return self._update(h, e, grp, blocks, agg_f, agg_b, gammas, fused)
+            agg_f, agg_b, gammas, gammas_b = self._messages(h, e, e_b, grp, blocks)
+        return self._update(h, e, e_b, grp, blocks, agg_f, agg_b, gammas, gammas_b, fused)
 
     def fusable(self) -> bool:
-        """Whether the configuration has the fused kernels' shape of MLPs."""
+        """Whether the configuration has the fused kernels' shape of MLPs (and no new option)."""
         cfg = self.cfg
         return (cfg.mlp_layers == 1 and not cfg.layer_norm and cfg.sign_canon == "symmetrize"
-                and (cfg.dropout == 0 or not self.training))
+                and (cfg.dropout == 0 or not self.training) and not non_default_options(cfg))
+
+    @property
+    def d_gamma(self) -> int:
+        """Output width of the edge update (`0` without one)."""
+        return 0 if self.edge is None else self.edge.gamma.weight.shape[0]
 
     def edge_linear(self, eb: Tensor) -> Tensor:
         """The edge-side Linears in one matmul: `[..., d] -> [..., k d]`.
 
-        Columns: `b e` of the forward ReScaleEq, then of the backward one (bidirectional),
-        then the edge update's `gamma e` (with edge updates).
+        Columns: `b e` of the forward ReScaleEq, then of the backward one (bidirectional,
+        unless `backward_edge_state`, where it reads the backward state: `edge_linear_bwd`),
+        then the edge update's `gamma e` (with edge updates; `d_gamma` columns).
         """
         ws = [self.fwd.rescale.b.weight]
-        if self.bwd is not None:
+        if self.bwd is not None and not self.bes:
             ws.append(self.bwd.rescale.b.weight)
         if self.edge is not None:
             ws.append(self.edge.gamma.weight)
         return F.linear(eb, torch.cat(ws) if len(ws) > 1 else ws[0])
+
+    def edge_linear_bwd(self, eb: Tensor) -> Tensor:
+        """`backward_edge_state`: `b e_b` of the backward ReScaleEq, then `edge_bwd.gamma e_b`
+        (with an edge update)."""
+        assert self.bwd is not None
+        w = self.bwd.rescale.b.weight
+        if self.edge_bwd is not None:
+            w = torch.cat([w, self.edge_bwd.gamma.weight])
+        return F.linear(eb, w)
 
     def message_fwd(self, hs: Tensor, ht: Tensor, y: Tensor, blk: EdgeBlock, gt: Grp) -> Tensor:
         """Forward messages `ScaleEq_fwd([h_i, ReScaleEq_fwd(h_j, e_ji)])` on the edges of `blk`.
@@ -157,21 +254,26 @@ class GMNLayer(nn.Module):
         d = cfg.d_hidden
         r = blk.src(F.linear(hs, self.fwd.rescale.a.weight)) * y[..., :d]
         return scale_eq(self.fwd.msg, ht if cfg.message_receiver else None, blk.dst, r,
-                        gt.map(blk.dst), cfg.norm_eps, cfg.sign_canon == "symmetrize")
+                        gt.map(blk.dst), cfg.norm_eps, cfg.sign_canon)
 
-    def message_bwd(self, hs: Tensor, ht: Tensor, y: Tensor, blk: EdgeBlock, gs: Grp, gt: Grp
+    def message_bwd(self, hs: Tensor, ht: Tensor, yb: Tensor, blk: EdgeBlock, gs: Grp, gt: Grp
                     ) -> Tensor:
-        """Backward messages (target to source) on the edges of `blk`; arguments as `message_fwd`.
+        """Backward messages (target to source) on the edges of `blk`.
+
+        Args:
+            hs, ht, blk, gt: as `message_fwd`.
+            yb: `b e` of the backward ReScaleEq on the block's edges `[..., d]` (the columns
+                `d:2d` of `edge_linear`, or of `edge_linear_bwd` on the backward state).
+            gs: the sources' groups.
 
         Returns:
             `[..., d]` per edge, to be summed into the sources.
         """
         cfg = self.cfg
-        d = cfg.d_hidden
         assert self.bwd is not None
-        rb = self.backward_rescale(hs, ht, y[..., d : 2 * d], blk, gs, gt)
+        rb = self.backward_rescale(hs, ht, yb, blk, gs, gt)
         return scale_eq(self.bwd.msg, hs if cfg.message_receiver else None, blk.src, rb,
-                        gs.map(blk.src), cfg.norm_eps, cfg.sign_canon == "symmetrize")
+                        gs.map(blk.src), cfg.norm_eps, cfg.sign_canon)
 
     def update_node(self, hk: Tensor, agg: list[Tensor], g: Grp) -> Tensor:
         """Node update `ScaleEq_upd([h_i, m_i(, m_i^bwd)])` (plus the skip connection).
@@ -183,48 +285,70 @@ class GMNLayer(nn.Module):
         """
         cfg = self.cfg
         out = scale_eq(self.upd, torch.cat([hk, *agg], -1), _ident, None, g, cfg.norm_eps,
-                       cfg.sign_canon == "symmetrize")
-        return out + hk if cfg.skip_connections else out
+                       cfg.sign_canon)
+        if not self.skip_on:
+            return out
+        return out + (hk if self.skip is None else self.skip(hk))
 
-    def edge_inputs(self, hk: Tensor, g: Grp) -> tuple[Tensor, Tensor]:
-        """The edge update's first Linear on `ScaleInv(h)` of new node states, split into its
-        source and target halves: two `[..., mlp_width]`."""
-        assert self.edge is not None
+    def edge_inputs(self, hk: Tensor, g: Grp, mod: EdgeUpdate | None = None
+                    ) -> tuple[Tensor, Tensor]:
+        """The edge update's first Linear on `ScaleInv(h)` (or `c(h)` with `edge_inv="canon"`)
+        of new node states, split into its source and target halves: two `[..., mlp_width]`.
+
+        `mod` is the edge update (default `edge`; `edge_bwd` for the backward state)."""
+        mod = self.edge if mod is None else mod
+        assert mod is not None
         cfg = self.cfg
         d = cfg.d_hidden
-        w1 = self.edge.mlp.linear(0).weight
-        inv = scale_inv(self.edge.inv, hk, g, cfg.norm_eps, cfg.sign_canon == "symmetrize")
+        w1 = mod.mlp.linear(0).weight
+        if mod.inv is None:
+            inv = canon_state(hk, g, cfg.norm_eps)
+        else:
+            inv = scale_inv(mod.inv, hk, g, cfg.norm_eps, cfg.sign_canon != "canonicalize")
         return F.linear(inv, w1[:, :d]), F.linear(inv, w1[:, d:])
 
-    def update_edge(self, eb: Tensor, gamma: Tensor, pre: Tensor) -> Tensor:
+    def update_edge(self, eb: Tensor, gamma: Tensor, pre: Tensor, mod: EdgeUpdate | None = None
+                    ) -> Tensor:
         """Edge update `(gamma e) * MLP([ScaleInv(h_j), ScaleInv(h_i)])` (plus the skip).
 
         Args:
             eb: edge states `[..., d]`.
-            gamma: `gamma e`, the last `d` columns of `edge_linear`.
+            gamma: `gamma e`, the last `d_gamma` columns of `edge_linear`.
             pre: the source half plus the target half of `edge_inputs` on each edge.
+            mod: the edge update (default `edge`; `edge_bwd` for the backward state).
         """
-        assert self.edge is not None
-        out = gamma * self.edge.mlp.tail(pre)
-        return out + eb if self.cfg.skip_connections else out
+        mod = self.edge if mod is None else mod
+        assert mod is not None
+        out = gamma * mod.mlp.tail(pre)
+        return out + eb if self.skip_on else out
 
-    def _messages(self, h: list[Tensor], e: list[Tensor], grp: list[Grp], blocks: list[EdgeBlock]
-                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor]]:
+    def _messages(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None,
+                  grp: list[Grp], blocks: list[EdgeBlock]
+                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor], list[Tensor]]:
         d = self.cfg.d_hidden
+        n_g = self.d_gamma
         agg_f: list[Tensor | None] = [None] * len(h)
         agg_b: list[Tensor | None] = [None] * len(h)
         gammas: list[Tensor] = []
-        for blk, eb in zip(blocks, e, strict=True):
+        gammas_b: list[Tensor] = []
+        for k, (blk, eb) in enumerate(zip(blocks, e, strict=True)):
             y = self.edge_linear(eb)
             hs, ht = h[blk.s], h[blk.t]
             m = self.message_fwd(hs, ht, y, blk, grp[blk.t])
             agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
             if self.bwd is not None:
-                mb = self.message_bwd(hs, ht, y, blk, grp[blk.s], grp[blk.t])
+                if e_b is not None:
+                    yb = self.edge_linear_bwd(e_b[k])
+                    if self.edge_bwd is not None:
+                        gammas_b.append(yb[..., d:])
+                    yb = yb[..., :d]
+                else:
+                    yb = y[..., d : 2 * d]
+                mb = self.message_bwd(hs, ht, yb, blk, grp[blk.s], grp[blk.t])
                 agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
             if self.edge is not None:
-                gammas.append(y[..., -d:])
-        return agg_f, agg_b, gammas
+                gammas.append(y[..., y.shape[-1] - n_g:])
+        return agg_f, agg_b, gammas, gammas_b
 
     def _messages_fused(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
                         blocks: list[EdgeBlock]) -> tuple[list[Tensor | None], list[Tensor | None]]:
@@ -273,9 +397,10 @@ class GMNLayer(nn.Module):
                 agg_b[s] = _add(agg_b[s], outs[1])
         return agg_f, agg_b
 
-    def _update(self, h: list[Tensor], e: list[Tensor], grp: list[Grp], blocks: list[EdgeBlock],
-                agg_f: list[Tensor | None], agg_b: list[Tensor | None], gammas: list[Tensor],
-                fused: bool) -> tuple[list[Tensor], list[Tensor]]:
+    def _update(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
+                blocks: list[EdgeBlock], agg_f: list[Tensor | None], agg_b: list[Tensor | None],
+                gammas: list[Tensor], gammas_b: list[Tensor], fused: bool
+                ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         cfg = self.cfg
         new_h = []
         for k, hk in enumerate(h):
@@ -284,8 +409,11 @@ class GMNLayer(nn.Module):
                 agg.append(_or_zeros(agg_b[k], hk))
             new_h.append(self.update_node(hk, agg, grp[k]))
         if self.edge is None:
-            return new_h, e
-        p_src, p_dst = zip(*(self.edge_inputs(hk, g) for hk, g in zip(new_h, grp, strict=True)),
+            return new_h, e, e_b
+        # The edge update reads the new node states; the head layer's are one channel, so
+        # there it reads the layer's input states (`head_in_last_layer`).
+        h_e = h if self.head_out else new_h
+        p_src, p_dst = zip(*(self.edge_inputs(hk, g) for hk, g in zip(h_e, grp, strict=True)),
                            strict=True)
         if fused:
             lin0, lin1 = self.edge.mlp.linear(0), self.edge.mlp.linear(1)
@@ -294,11 +422,21 @@ class GMNLayer(nn.Module):
                                       p_dst[blk.t], self.edge.gamma.weight, lin0.bias,
                                       lin1.weight, lin1.bias)
                 for blk, eb in zip(blocks, e, strict=True)
-            ]
-        return new_h, [
+            ], e_b
+        new_e = [
             self.update_edge(eb, gam, blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t]))
             for blk, eb, gam in zip(blocks, e, gammas, strict=True)
         ]
+        if self.edge_bwd is None or e_b is None:
+            return new_h, new_e, e_b
+        eb_mod = self.edge_bwd
+        q_src, q_dst = zip(*(self.edge_inputs(hk, g, eb_mod) for hk, g in zip(h_e, grp, strict=True)),
+                           strict=True)
+        new_b = [
+            self.update_edge(eb, gam, blk.src(q_src[blk.s]) + blk.dst(q_dst[blk.t]), eb_mod)
+            for blk, eb, gam in zip(blocks, e_b, gammas_b, strict=True)
+        ]
+        return new_h, new_e, new_b
 
 
 def _where_norm(norm: bool | Tensor, sq: Tensor) -> Tensor:

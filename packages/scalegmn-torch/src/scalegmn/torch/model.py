@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -14,9 +15,9 @@ from scalegmn.weightgraph import ScaleGMNConfig
 from torch import Tensor, nn
 
 from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs, from_pyg
-from .blocks import MLP, scale_inv
+from .blocks import MLP, general_inv, scale_inv
 from .groups import Grp, effective_codes, effective_const
-from .layer import EdgeBlock, GMNLayer
+from .layer import EdgeBlock, GMNLayer, has_rho
 
 _PE_NOISE = 0.01
 
@@ -43,6 +44,7 @@ class ScaleGMN(nn.Module):
         if not isinstance(config, ScaleGMNConfig):
             raise TypeError(f"ScaleGMN expects a ScaleGMNConfig, got {type(config).__name__}")
         self.config = cfg = config
+        _check_options(cfg)
         d = cfg.d_hidden
         self.node_proj = nn.Linear(cfg.d_node_in, d, bias=False)
         self.edge_proj = nn.Linear(cfg.d_edge_in, d, bias=False)
@@ -53,12 +55,14 @@ class ScaleGMN(nn.Module):
             self.pe_in = table(cfg.max_in_nodes, 0.0)
             self.pe_hidden = table(cfg.max_hidden_layers, 1.0)
             self.pe_out = table(cfg.max_out_nodes, 0.0)
-            self.pe_edge_in = table(cfg.max_in_nodes, 1.0)
-            self.pe_edge_hidden = table(cfg.max_hidden_layers, 1.0)
-            self.pe_edge_out = table(cfg.max_out_nodes, 1.0)
+            if cfg.edge_positional_encoding:
+                self.pe_edge_in = table(cfg.max_in_nodes, 1.0)
+                self.pe_edge_hidden = table(cfg.max_hidden_layers, 1.0)
+                self.pe_edge_out = table(cfg.max_out_nodes, 1.0)
         last_edge = cfg.edge_update and cfg.head == "equivariant"
         self.layers: nn.ModuleList = nn.ModuleList(
-            GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge))
+            GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge),
+                     last=t == cfg.n_layers - 1)
             for t in range(cfg.n_layers)
         )
         # `readout` / `head` are plain containers: their children are read through the typed
@@ -66,17 +70,30 @@ class ScaleGMN(nn.Module):
         if cfg.head == "invariant":
             self.readout = nn.Module()
             if cfg.readout == "full_graph":
-                self.readout.inv = MLP(d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation,
-                                       cfg.layer_norm, cfg.dropout)
-                d_ro = 3 * d
+                def inv_mlp() -> MLP:
+                    return MLP(d, cfg.mlp_width, d, cfg.mlp_layers, cfg.mlp_activation,
+                               cfg.layer_norm, cfg.dropout)
+
+                self.readout.inv = inv_mlp()
+                if has_rho(cfg):
+                    self.readout.rho = inv_mlp()
+                if cfg.per_group_inv:
+                    self.readout.inv_scale = inv_mlp()
+                d_ro = (3 * d if cfg.readout_io == "sum"
+                        else d + (cfg.max_in_nodes + cfg.max_out_nodes) * d)
+            elif cfg.readout == "io_nodes":
+                self.readout.proj_in = nn.Linear(cfg.max_in_nodes * d, d)
+                self.readout.proj_out = nn.Linear(cfg.max_out_nodes * d, d)
+                d_ro = 2 * d
             else:
                 d_ro = cfg.max_out_nodes * d
             self.readout.mlp = MLP(d_ro, cfg.readout_width, cfg.d_out, cfg.readout_layers,
                                    cfg.mlp_activation, cfg.layer_norm, cfg.dropout)
         else:
             self.head = nn.Module()
-            self.head.node = nn.Linear(d, 1, bias=False)
-            self.head.edge = nn.Linear(d, cfg.d_edge_in, bias=False)
+            if not cfg.head_in_last_layer:
+                self.head.node = nn.Linear(d, 1, bias=False)
+                self.head.edge = nn.Linear(d, cfg.d_edge_in, bias=False)
             self.head.alpha = nn.Parameter(torch.full((cfg.max_hidden_layers + 1,), cfg.edit_alpha_init))
         self._checked: set[str] = set()
         self.fused = True
@@ -92,6 +109,24 @@ class ScaleGMN(nn.Module):
 
     def _readout_mlp(self) -> MLP:
         return cast(MLP, self.readout.mlp)
+
+    def _readout_inv_rows(self, h: Tensor, grp: Grp) -> Tensor:
+        """The `full_graph` readout's ScaleInv of node states (with `rho` / `inv_scale`)."""
+        cfg = self.config
+        ro = self.readout
+        rho = cast(MLP, ro.rho) if hasattr(ro, "rho") else None
+        inv_scale = cast(MLP, ro.inv_scale) if hasattr(ro, "inv_scale") else None
+        if rho is None and inv_scale is None:
+            return scale_inv(self._readout_inv(), h, grp, cfg.norm_eps,
+                             cfg.sign_canon != "canonicalize")
+        return general_inv(self._readout_inv(), h, Grp(grp.norm, grp.flip), cfg.norm_eps,
+                           cfg.sign_canon, rho=rho, inv_scale=inv_scale)
+
+    def _io_readout(self, flat_in: Tensor, flat_out: Tensor) -> Tensor:
+        """`readout="io_nodes"`: `MLP([proj_out(flat_out), proj_in(flat_in)])`."""
+        ro = self.readout
+        x = torch.cat([cast(nn.Linear, ro.proj_out)(flat_out), cast(nn.Linear, ro.proj_in)(flat_in)], -1)
+        return self._readout_mlp()(x)
 
     def _head_node(self) -> nn.Linear:
         return cast(nn.Linear, self.head.node)
@@ -184,6 +219,8 @@ class ScaleGMN(nn.Module):
                 out = model.forward_pyg(batch)  # [4, 3]
             ```
         """
+        convs = self.pyg_convs()  # refuses the options the PyG layer does not carry
+        del convs
         b = from_pyg(batch)
         self.check_batch(b)
         out = self._forward_sparse(b, pyg=True)
@@ -222,8 +259,12 @@ class ScaleGMN(nn.Module):
              blocks: list[EdgeBlock], fused: bool) -> tuple[list[Tensor], list[Tensor]]:
         fused = (fused and all(isinstance(g.norm, bool) for g in grp)
                  and all(isinstance(g.flip, bool) for g in grp))
+        p = self.config.layer_dropout
+        e_b: list[Tensor] | None = None
         for layer in self._layers():
-            h, e = layer(h, e, grp, blocks, fused=fused and layer.fusable())
+            h, e, e_b = layer.step(h, e, e_b, grp, blocks, fused=fused and layer.fusable())
+            if p > 0 and self.training:
+                h = [F.dropout(hk, p, True) for hk in h]
         return h, e
 
     def _run_sparse(self, h: Tensor, e: Tensor, grp: list[Grp], src: Tensor, dst: Tensor
@@ -254,6 +295,11 @@ class ScaleGMN(nn.Module):
                 codes = b.node_group[:, b.node_offsets[k]][:, None, None]
                 codes = effective_codes(cfg.symmetry, codes, codes.new_full((), roles[k]))  # on the batch's device
                 grp.append(Grp.from_codes(codes, b.node_features.dtype))
+        if cfg.io_mlps or cfg.positional_features:
+            grp = [dataclasses.replace(
+                g, inp=k == 0 and cfg.io_mlps > 0, out=k == L and cfg.io_mlps > 0,
+                pos=self._pos_dense(k, L, b.widths[k]) if cfg.positional_features else None)
+                for k, g in enumerate(grp)]
         wn = self.node_proj.weight
         h = []
         for k in range(L + 1):
@@ -269,7 +315,7 @@ class ScaleGMN(nn.Module):
         e = []
         for l in range(1, L + 1):  # noqa: E741
             el = F.linear(b.layer_edges(l), we)
-            if cfg.positional_encoding:
+            if cfg.positional_encoding and cfg.edge_positional_encoding:
                 if l == 1:
                     el = el * self.pe_edge_in[: b.widths[0]]
                 elif l == L:
@@ -284,26 +330,43 @@ class ScaleGMN(nn.Module):
         h, e = self._run(h, e, grp, blocks, fused)
         if cfg.head == "equivariant":
             return self._edit_dense(b, h, e)
+        flat_out = rearrange(F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])), "b n d -> b (n d)")
         if cfg.readout == "last_layer":
-            out = rearrange(F.pad(h[L], (0, 0, 0, cfg.max_out_nodes - b.widths[L])), "b n d -> b (n d)")
+            return self._readout_mlp()(flat_out)
+        flat_in = rearrange(F.pad(h[0], (0, 0, 0, cfg.max_in_nodes - b.widths[0])), "b n d -> b (n d)")
+        if cfg.readout == "io_nodes":
+            return self._io_readout(flat_in, flat_out)
+        hid = [self._readout_inv_rows(h[k], grp[k]).sum(1) for k in range(1, L)]
+        hidden = torch.stack(hid).sum(0) if hid else h[0].new_zeros(h[0].shape[0], cfg.d_hidden)
+        if cfg.readout_io == "ordered":
+            out = torch.cat([hidden, flat_in, flat_out], -1)
         else:
-            hid = [scale_inv(self._readout_inv(), h[k], grp[k], cfg.norm_eps,
-                             cfg.sign_canon == "symmetrize").sum(1) for k in range(1, L)]
-            hidden = torch.stack(hid).sum(0) if hid else h[0].new_zeros(h[0].shape[0], cfg.d_hidden)
             out = torch.cat([hidden, h[0].sum(1), h[L].sum(1)], -1)
         return self._readout_mlp()(out)
+
+    def _pos_dense(self, k: int, L: int, n: int) -> Tensor:
+        """The positional vectors of graph layer `k` (`positional_features`): `[n or 1, d]`."""
+        if k == 0:
+            return self.pe_in[:n]
+        if k == L:
+            return self.pe_out[:n]
+        return self.pe_hidden[k - 1 : k]
 
     def _edit_dense(self, b: DenseGraphs, h: list[Tensor], e: list[Tensor]) -> DenseGraphs:
         L = b.n_layers
         alpha = self._head_alpha()
+        in_layer = self.config.head_in_last_layer
         nodes = [b.layer_nodes(0)]
         for k in range(1, L + 1):
-            nodes.append(b.layer_nodes(k) + alpha[k - 1] * F.linear(h[k], self._head_node().weight))
-        wedge = self._head_edge().weight[: b.d_edge]
+            dn = h[k] if in_layer else F.linear(h[k], self._head_node().weight)
+            nodes.append(b.layer_nodes(k) + alpha[k - 1] * dn)
         edges = []
         for l in range(1, L + 1):  # noqa: E741
             mask = b.edge_mask[b.edge_offsets[l - 1]].to(e[l - 1].dtype)
-            de = F.linear(e[l - 1], wedge) * mask
+            if in_layer:
+                de = e[l - 1][..., : b.d_edge] * mask
+            else:
+                de = F.linear(e[l - 1], self._head_edge().weight[: b.d_edge]) * mask
             edges.append(rearrange(b.layer_edges(l) + alpha[l - 1] * de, "b t s c -> b (t s) c"))
         return b.with_features(torch.cat(nodes, 1), torch.cat(edges, 1))
 
@@ -313,6 +376,15 @@ class ScaleGMN(nn.Module):
         role = b.node_role
         codes = effective_codes(cfg.symmetry, b.node_group, role)
         grp = [Grp.from_codes(codes[:, None], dtype)]
+        if cfg.io_mlps:
+            grp = [dataclasses.replace(grp[0], inp=(role == 0)[:, None].to(dtype),
+                                       out=(role == 2)[:, None].to(dtype))]
+        if cfg.positional_features:
+            tab = torch.cat([self.pe_in, self.pe_hidden, self.pe_out])
+            idx = torch.where(role == 0, b.node_pos,
+                              torch.where(role == 1, cfg.max_in_nodes + b.node_layer - 1,
+                                          cfg.max_in_nodes + cfg.max_hidden_layers + b.node_pos))
+            grp = [dataclasses.replace(grp[0], pos=tab[idx])]
         x = torch.where((role == 0)[:, None], torch.full_like(b.node_features, cfg.input_node_value),
                         b.node_features)
         h = F.linear(x, self.node_proj.weight)
@@ -326,6 +398,8 @@ class ScaleGMN(nn.Module):
             mul_tab = torch.cat([self.pe_hidden, self.pe_hidden.new_ones(1, cfg.d_hidden)])
             mul_idx = torch.where(role == 1, lay - 1, cfg.max_hidden_layers)
             h = h * mul_tab[mul_idx] + add_tab[add_idx]
+        if cfg.positional_encoding and cfg.edge_positional_encoding:
+            pos = b.node_pos
             er = b.edge_role
             e_tab = torch.cat([self.pe_edge_in, self.pe_edge_hidden, self.pe_edge_out])
             e_idx = torch.where(
@@ -335,29 +409,57 @@ class ScaleGMN(nn.Module):
             )
             e = e * e_tab[e_idx]
         if pyg:
+            p = cfg.layer_dropout
             for conv in self.pyg_convs():
                 h, e = conv(h, b.edge_index, e, codes)
+                if p > 0 and self.training:
+                    h = F.dropout(h, p, True)
         else:
             h, e = self._run_sparse(h, e, grp, src, dst)
         B = len(b)
         if cfg.head == "equivariant":
             alpha = self._head_alpha()
-            dn = F.linear(h, self._head_node().weight) * alpha[(b.node_layer - 1).clamp_min(0)][:, None]
+            in_layer = cfg.head_in_last_layer
+            dn = h if in_layer else F.linear(h, self._head_node().weight)
+            dn = dn * alpha[(b.node_layer - 1).clamp_min(0)][:, None]
             node = b.node_features + torch.where((role == 0)[:, None], torch.zeros_like(dn), dn)
-            de = F.linear(e, self._head_edge().weight[: b.d_edge]) * b.edge_mask.to(dtype)
+            de = e[:, : b.d_edge] if in_layer else F.linear(e, self._head_edge().weight[: b.d_edge])
+            de = de * b.edge_mask.to(dtype)
             edge = b.edge_features + alpha[b.edge_layer - 1][:, None] * de
             return b.with_features(node, edge)
+
+        def ordered(r: int, n: int) -> Tensor:
+            flat = b.node_batch * n + b.node_pos
+            sel = role == r
+            out = h.new_zeros(B * n, cfg.d_hidden).index_add(0, flat[sel], h[sel])
+            return rearrange(out, "(b n) d -> b (n d)", b=B)
+
         if cfg.readout == "last_layer":
-            flat = b.node_batch * cfg.max_out_nodes + b.node_pos
-            sel = role == 2
-            out = h.new_zeros(B * cfg.max_out_nodes, cfg.d_hidden).index_add(0, flat[sel], h[sel])
-            return self._readout_mlp()(rearrange(out, "(b n) d -> b (n d)", b=B))
-        inv = scale_inv(self._readout_inv(), h, grp[0], cfg.norm_eps, cfg.sign_canon == "symmetrize")
+            return self._readout_mlp()(ordered(2, cfg.max_out_nodes))
+        if cfg.readout == "io_nodes":
+            return self._io_readout(ordered(0, cfg.max_in_nodes), ordered(2, cfg.max_out_nodes))
+        inv = self._readout_inv_rows(h, grp[0])
         parts = []
         for r, v in ((1, inv), (0, h), (2, h)):
             sel = role == r
             parts.append(h.new_zeros(B, cfg.d_hidden).index_add(0, b.node_batch[sel], v[sel]))
+        if cfg.readout_io == "ordered":
+            parts[1:] = [ordered(0, cfg.max_in_nodes), ordered(2, cfg.max_out_nodes)]
         return self._readout_mlp()(torch.cat(parts, -1))
+
+
+def _check_options(cfg: ScaleGMNConfig) -> None:
+    """Refuse option combinations the model does not define, with the fix."""
+    if cfg.sign_canon == "symmetrize_phi" and cfg.symmetry == "nonzero":
+        raise ValueError(
+            "sign_canon='symmetrize_phi' creates rho only for symmetry 'sign', 'auto' or 'hetero'; "
+            "with symmetry='nonzero' use sign_canon='symmetrize' or 'canonicalize'"
+        )
+    if cfg.head_in_last_layer and not cfg.edge_update:
+        raise ValueError(
+            "head_in_last_layer=True reads the weight update from the last layer's edge update: "
+            "set edge_update=True"
+        )
 
 
 def _is_pyg(batch: Any) -> bool:

@@ -64,6 +64,15 @@ class ScaleGMNConv(MessagePassing):
             raise TypeError(
                 f"ScaleGMNConv expects a GMNLayer or a ScaleGMNConfig, got {type(layer).__name__}"
             )
+        cfg = layer.cfg
+        for name, on in (("io_mlps", cfg.io_mlps > 0),
+                         ("positional_features", cfg.positional_features),
+                         ("backward_edge_state", cfg.backward_edge_state)):
+            if on:
+                raise ValueError(
+                    f"the PyTorch Geometric layer does not support {name}; run the model on a "
+                    f"batch from scalegmn.torch.collate instead"
+                )
         self.layer = layer
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, group: Tensor
@@ -98,8 +107,8 @@ class ScaleGMNConv(MessagePassing):
                            size=(x.shape[0], x.shape[0]))
         if lay.edge is None:
             return h, edge_attr
-        p_src, p_dst = lay.edge_inputs(h, grp)
-        e = self.edge_updater(edge_index, p_src=p_src, p_dst=p_dst, gamma=y[:, -d:],
+        p_src, p_dst = lay.edge_inputs(x if lay.head_out else h, grp)
+        e = self.edge_updater(edge_index, p_src=p_src, p_dst=p_dst, gamma=y[:, y.shape[1] - lay.d_gamma:],
                               edge_attr=edge_attr, size=(x.shape[0], x.shape[0]))
         return h, e
 
@@ -116,7 +125,8 @@ class ScaleGMNConv(MessagePassing):
         if lay.bwd is None:
             return m
         b = slice(n_fwd, None)
-        mb = lay.message_bwd(x_i[b], x_j[b], y, _ON_EDGES, Grp(norm_i[b], flip_i[b]),
+        d = lay.cfg.d_hidden
+        mb = lay.message_bwd(x_i[b], x_j[b], y[:, d : 2 * d], _ON_EDGES, Grp(norm_i[b], flip_i[b]),
                              Grp(norm_j[b], flip_j[b]))
         return torch.cat([m, mb])
 
