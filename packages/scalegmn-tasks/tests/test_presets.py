@@ -79,18 +79,37 @@ def test_proposed_options_do_not_validate_today(name: str) -> None:
             pytest.fail(f"{name}: proposed {key}={opt.value!r} validates today; move it into the run config")
 
 
-def test_model_sizes_are_counted_and_the_notes_state_them() -> None:
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_builds_the_original_model_size(name: str) -> None:
+    n = preset_parameter_count(name)
+    orig = preset_info(name).original
+    used = orig.parameters - orig.parameters_unused
+    assert abs(n - used) <= 0.02 * used, (
+        f"{name}: {n:,} parameters, {n / used:.4f} of the original's {used:,} (used of {orig.parameters:,})"
+    )
+
+
+def test_the_size_check_can_fail() -> None:
+    # Negative control: the same preset without one of the original's pieces is off by more than 2 %.
+    name = "inr-mnist-scalegmn"
+    used = preset_info(name).original.parameters
+    for override in ("gmn.io_mlps=0", 'gmn.sign_canon="symmetrize"', "gmn.d_hidden=120"):
+        n = preset_parameter_count(name, [override])
+        assert abs(n - used) > 0.02 * used, override
+
+
+def test_the_notes_state_the_model_size() -> None:
     rows = []
     for name in NAMES:
         n = preset_parameter_count(name)
         info = preset_info(name)
-        stated = re.search(r"model size today: ([\d,]+) parameters", info.notes)
-        assert stated is not None, f"{name}: the notes state no size today"
-        assert int(stated.group(1).replace(",", "")) == n, f"{name}: the notes' size today is stale ({n:,} now)"
-        rows.append((name, n, info.original.parameters))
-    print("\npreset  parameters today  original  ratio")
+        stated = re.search(r"model size: ([\d,]+) parameters", info.notes)
+        assert stated is not None, f"{name}: the notes state no model size"
+        assert int(stated.group(1).replace(",", "")) == n, f"{name}: the notes' model size is stale ({n:,} now)"
+        rows.append((name, n, info.original.parameters - info.original.parameters_unused))
+    print("\npreset  parameters  original (used)  ratio")
     for name, n, orig in rows:
-        print(f"{name}  {n:,}  {orig:,}  {n / orig:.3f}")
+        print(f"{name}  {n:,}  {orig:,}  {n / orig:.4f}")
 
 
 def test_meta_device_count_equals_a_real_model() -> None:

@@ -105,6 +105,9 @@ class OriginalConfig(_Meta):
         config: the configuration file in it.
         commit: the commit read.
         parameters: the parameter count of the original's model for that configuration.
+        parameters_unused: of those, parameters the original builds but its forward never
+            calls (its full-graph readout holds an MLP `phi` that is never used); the
+            preset's model matches `parameters - parameters_unused`.
         model: the original's model hyperparameters the count follows from.
     """
 
@@ -112,6 +115,7 @@ class OriginalConfig(_Meta):
     config: str
     commit: str | None = None
     parameters: int = Field(ge=1)
+    parameters_unused: int = Field(default=0, ge=0)
     model: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -449,14 +453,15 @@ def _set(config: dict[str, Any], key: str, value: Any, schema: type[BaseModel] |
         node, level, where = child, sub, ".".join(parts[:i + 1])
 
 
-def preset_parameter_count(name: str) -> int:
-    """The parameters of a preset's model in PyTorch today (built on the meta device, no memory).
+def preset_parameter_count(name: str, overrides: Sequence[str] = ()) -> int:
+    """The parameters of a preset's model in PyTorch (built on the meta device, no memory).
 
     The model's node and edge feature widths are those of the preset's data kind
     (`EDGE_WIDTH`), as a run on that data builds it.
 
     Args:
         name: a preset name.
+        overrides: `KEY=VALUE` overrides, as `get_preset` takes them.
 
     Returns:
         The number of learnable scalars of `scalegmn.torch.ScaleGMN(get_preset(name).gmn)`.
@@ -465,7 +470,7 @@ def preset_parameter_count(name: str) -> int:
 
     from scalegmn.torch import ScaleGMN
 
-    gmn = get_preset(name).gmn
+    gmn = get_preset(name, list(overrides)).gmn
     gmn = gmn.model_copy(update={"d_node_in": 1, "d_edge_in": EDGE_WIDTH[preset_info(name).data_kind]})
     with torch.device("meta"):
         model = ScaleGMN(gmn)
