@@ -158,7 +158,7 @@ def test_a_folder_of_another_kind_is_refused(published: dict[str, Path]) -> None
 
 def test_preset_metadata_is_checked() -> None:
     doc = yaml.safe_load(preset_text("inr-mnist-scalegmn"))
-    meta = {k: doc[k] for k in META_KEYS}
+    meta = {k: doc[k] for k in META_KEYS if k in doc}  # proposed: is optional
     ok = {"name": "x", "task": "classification", **meta}
     PresetInfo.model_validate(ok)
     for data, why in (({**meta["data"], "root": "/d"}, "comes from --data"), ({"kind": "zoo"}, "needs one of"),
@@ -273,9 +273,25 @@ def test_the_run_config_follows_the_original_model(name: str) -> None:
     assert (g.max_in_nodes, g.max_out_nodes, g.max_hidden_layers) == (layout[0], layout[-1], len(layout) - 2)
     assert g.d_edge_in == m.get("d_in_e", 1)
     assert (g.head == "equivariant") == m.get("equivariant", False)
+    bid, sign_like = m["direction"] == "bidirectional", m["symmetry"] in ("sign", "hetero")
     if g.head == "invariant":
-        assert (g.d_out, g.readout) == (m["d_out"], m["readout"])
+        # forward last_layer reads the output nodes; bidirectional last_layer projects the input
+        # and the output nodes (io_nodes); full_graph reads the io nodes in their fixed order
+        want = {"last_layer": "io_nodes" if bid else "last_layer", "full_graph": "full_graph"}[m["readout"]]
+        assert (g.d_out, g.readout) == (m["d_out"], want)
+        assert g.readout_io == ("ordered" if m["readout"] == "full_graph" else "sum")
+    else:
+        assert g.head_in_last_layer
     # the original's dropout sits between layers, and inside the MLPs too with dropout_all
     assert g.dropout == (m["dropout"] if m["dropout_all"] else 0.0)
-    assert info.proposed["gmn.layer_dropout"].value == m["dropout"]
-    assert info.proposed["gmn.io_mlps"].value == {2: "shared", 3: "separate"}[m["num_mlps"]]
+    assert g.layer_dropout == m["dropout"]
+    assert g.io_mlps == {2: 1, 3: 2}[m["num_mlps"]]
+    assert g.skip_linear == m["skip"]
+    if sign_like:
+        assert g.sign_canon == ("symmetrize_phi" if m["sign_symm"] else "canonicalize")
+    assert g.edge_inv == ("mlp" if sign_like and m["sign_symm"] else "canon")
+    assert g.backward_edge_state == (bid and m["symmetry"] == "scale")
+    assert g.positional_features == bool(m.get("pos_embed_msg") or m.get("pos_embed_upd"))
+    assert g.per_group_inv == (m["symmetry"] == "hetero")
+    assert g.edge_positional_encoding == m["edge_pe"]
+    assert not info.proposed or all(not k.startswith("gmn.") for k in info.proposed), "every model option is set"
