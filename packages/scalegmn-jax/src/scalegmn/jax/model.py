@@ -79,9 +79,20 @@ class _Segments:
         return _segment_sum(x, self.b.node_batch, self.b.n_graphs)
 
     def output_nodes(self, h: Array, max_out: int) -> Array:
+        return self._ordered(h, 2, max_out)
+
+    def input_nodes(self, h: Array, max_in: int) -> Array:
+        return self._ordered(h, 0, max_in)
+
+    def _ordered(self, h: Array, role: int, n_max: int) -> Array:
+        """The states of the nodes of `role` in order, zero-padded to `n_max`, flattened: `[B, n_max d]`."""
         b, B = self.b, self.b.n_graphs
-        slot = jnp.where(b.node_role == 2, b.node_batch * max_out + b.node_pos, B * max_out)
-        return rearrange(_segment_sum(h, slot, B * max_out + 1)[:-1], "(b n) d -> b (n d)", b=B)
+        slot = jnp.where(b.node_role == role, b.node_batch * n_max + b.node_pos, B * n_max)
+        return rearrange(_segment_sum(h, slot, B * n_max + 1)[:-1], "(b n) d -> b (n d)", b=B)
+
+    def node_shared(self, x: Array) -> Array:
+        """A per-node array of the graph (`[N, ...]`) in the layout of node states."""
+        return x
 
 
 class _Dense:
@@ -166,9 +177,20 @@ class _Dense:
         return x.sum(1)
 
     def output_nodes(self, h: Array, max_out: int) -> Array:
-        out = self._nodes(h, len(self.w) - 1)
-        out = jnp.pad(out, ((0, 0), (0, max_out - out.shape[1]), (0, 0)))
+        return self._ordered(h, len(self.w) - 1, max_out)
+
+    def input_nodes(self, h: Array, max_in: int) -> Array:
+        return self._ordered(h, 0, max_in)
+
+    def _ordered(self, h: Array, k: int, n_max: int) -> Array:
+        """The states of graph layer `k` in order, zero-padded to `n_max`, flattened: `[B, n_max d]`."""
+        out = self._nodes(h, k)
+        out = jnp.pad(out, ((0, 0), (0, n_max - out.shape[1]), (0, 0)))
         return rearrange(out, "b n d -> b (n d)")
+
+    def node_shared(self, x: Array) -> Array:
+        """A per-node array of the shared graph (`[N, ...]`) as `[1, N, ...]`."""
+        return x[None]
 
 
 def _param_name(path: Sequence[Any]) -> str:
@@ -240,11 +262,14 @@ class ScaleGMN(eqx.Module):
             raise TypeError(f"ScaleGMN expects a ScaleGMNConfig, got {type(config).__name__}")
         self.config = cfg = config
         if params is not None:
+            _refuse(cfg)
             built = _from_params(config, params)
             for f in dataclasses.fields(built):
                 setattr(self, f.name, getattr(built, f.name))
             return
-        keys = InitKeys(jax.random.split(key if key is not None else jax.random.key(0), _n_params(cfg)))
+        _refuse(cfg)
+        root = key if key is not None else jax.random.key(0)
+        keys = InitKeys(jax.random.split(root, _n_params(cfg)), extra=jax.random.fold_in(root, _OPTIONS_STREAM))
         for name, value in _children(cfg, keys, dtype).items():
             setattr(self, name, value)
 
@@ -281,7 +306,7 @@ class ScaleGMN(eqx.Module):
         cfg = self.config
         # Chunks run in a loop: dropout keys cannot be drawn inside it, so dropout runs unchunked.
         g: Any = _Dense(b, key is None or cfg.dropout == 0) if isinstance(b, DenseGraphBatch) else _Segments(b)
-        keys = DropoutKeys(key if cfg.dropout > 0 else None)
+        keys = DropoutKeys(key if cfg.dropout > 0 or cfg.layer_dropout > 0 else None)
         role = b.node_role
         # Node index arrays are of the shared graph ([N]; the union's for a GraphBatch); feature
         # arrays carry the batch axis first in the dense layout and broadcast against these.
@@ -294,29 +319,53 @@ class ScaleGMN(eqx.Module):
         h = self.node_proj(jnp.where((role == 0)[:, None], jnp.asarray(cfg.input_node_value, x.dtype), x))
         xe = b.edge_features
         w_edge = self.edge_proj.weight[:, :xe.shape[-1]]  # the zero padding to d_edge_in adds nothing
+        pos = None
         if cfg.positional_encoding:
             add, mul, pe_e = self._positions(b)
             h = h * mul + add
+        if cfg.positional_encoding and cfg.edge_positional_encoding:
             e = g.emap(lambda a, pe: (a @ w_edge.T) * pe, g.edges_in(xe), g.shared(pe_e))
         else:
             e = g.emap(lambda a: a @ w_edge.T, g.edges_in(xe))
+        if cfg.positional_features:
+            pos = g.node_shared(self._node_vectors(b))
+        io = jnp.broadcast_to(io_index(cfg, role), grp.shape) if cfg.io_mlps else None
+        e_bwd = e if cfg.backward_edge_state else None
+        p_drop = cfg.layer_dropout
         for layer in self.layers:
-            h, e = layer(h, e, g, grp, keys)
+            h, e, e_bwd = layer(h, e, g, grp, keys, io=io, pos=pos, e_bwd=e_bwd)
+            sub = keys() if p_drop > 0 else None
+            if sub is not None:
+                keep = jax.random.bernoulli(sub, 1.0 - p_drop, h.shape)
+                h = jnp.where(keep, h / (1.0 - p_drop), 0.0)
         if self.head is not None:
             return self.head(b, h, e, g)
         assert self.readout is not None
         return self.readout(h, g, role, grp, cfg, keys)
 
-    def _positions(self, b: GraphBatch | DenseGraphBatch) -> tuple[Array, Array, Array]:
-        """Positional encodings: added to nodes `[N, d]`, multiplying nodes `[N, d]`, multiplying edges `[E, d]`."""
+    def _node_vectors(self, b: GraphBatch | DenseGraphBatch) -> Array:
+        """Each node's positional vector `[N, d]`: `pe_in[i]`, `pe_hidden[l - 1]` or `pe_out[i]` (`positional_features`)."""
         cfg = self.config
         assert self.pe_in is not None and self.pe_hidden is not None and self.pe_out is not None
-        assert self.pe_edge_in is not None and self.pe_edge_hidden is not None and self.pe_edge_out is not None
+        role, pos, lyr = b.node_role, b.node_pos, b.node_layer
+        n_in, n_hid, n_out = cfg.max_in_nodes - 1, cfg.max_hidden_layers - 1, cfg.max_out_nodes - 1
+        return jnp.where((role == 0)[:, None], self.pe_in[jnp.clip(pos, 0, n_in)],
+                         jnp.where((role == 2)[:, None], self.pe_out[jnp.clip(pos, 0, n_out)],
+                                   self.pe_hidden[jnp.clip(lyr - 1, 0, n_hid)]))
+
+    def _positions(self, b: GraphBatch | DenseGraphBatch) -> tuple[Array, Array, Array | None]:
+        """Positional encodings: added to nodes `[N, d]`, multiplying nodes `[N, d]`, multiplying
+        edges `[E, d]` (`None` without `edge_positional_encoding`)."""
+        cfg = self.config
+        assert self.pe_in is not None and self.pe_hidden is not None and self.pe_out is not None
         role, pos, lyr, src, dst = b.node_role, b.node_pos, b.node_layer, b.src, b.dst
         n_in, n_hid, n_out = cfg.max_in_nodes - 1, cfg.max_hidden_layers - 1, cfg.max_out_nodes - 1
         add = jnp.where((role == 0)[:, None], self.pe_in[jnp.clip(pos, 0, n_in)],
                         jnp.where((role == 2)[:, None], self.pe_out[jnp.clip(pos, 0, n_out)], 0.0))
         mul = jnp.where((role == 1)[:, None], self.pe_hidden[jnp.clip(lyr - 1, 0, n_hid)], 1.0)
+        if self.pe_edge_in is None:
+            return add, mul, None
+        assert self.pe_edge_hidden is not None and self.pe_edge_out is not None
         pe_e = jnp.where(
             (role[src] == 0)[:, None], self.pe_edge_in[jnp.clip(pos[src], 0, n_in)],
             jnp.where((role[dst] == 2)[:, None], self.pe_edge_out[jnp.clip(pos[dst], 0, n_out)],
@@ -334,13 +383,44 @@ def _children(cfg: ScaleGMNConfig, keys: InitKeys, dtype: jnp.dtype) -> dict[str
               "pe_out": (cfg.max_out_nodes, 0.0), "pe_edge_in": (cfg.max_in_nodes, 1.0),
               "pe_edge_hidden": (cfg.max_hidden_layers, 1.0), "pe_edge_out": (cfg.max_out_nodes, 1.0)}
     for name, (n, base) in tables.items():
-        out[name] = base + 0.1 * jax.random.normal(keys(), (n, d), dtype) if cfg.positional_encoding else None
+        k = keys() if cfg.positional_encoding else None  # a table left out keeps its key
+        keep = cfg.edge_positional_encoding or not name.startswith("pe_edge")
+        out[name] = base + 0.1 * jax.random.normal(k, (n, d), dtype) if k is not None and keep else None
     last_edge = cfg.edge_update and cfg.head == "equivariant"
-    out["layers"] = tuple(GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge), keys=keys, dtype=dtype)
+    out["layers"] = tuple(GMNLayer(cfg, cfg.edge_update and (t < cfg.n_layers - 1 or last_edge), keys=keys, dtype=dtype,
+                                   head_layer=cfg.head_in_last_layer and t == cfg.n_layers - 1)
                           for t in range(cfg.n_layers))
     out["readout"] = Readout(cfg, keys=keys, dtype=dtype) if cfg.head == "invariant" else None
     out["head"] = EquivariantHead(cfg, keys=keys, dtype=dtype) if cfg.head == "equivariant" else None
     return out
+
+
+def io_index(cfg: ScaleGMNConfig, role: Array) -> Array:
+    """The io MLP of the rows received by each node (`io_mlps`): `0` input, `io_mlps - 1` output, `-1` none.
+
+    Args:
+        cfg: the configuration.
+        role: `[N]` node roles (0 input, 1 hidden, 2 output).
+
+    Returns:
+        `[N]` indices into `ScaleEq.io`.
+    """
+    return jnp.where(role == 0, 0, jnp.where(role == 2, cfg.io_mlps - 1, -1))
+
+
+_OPTIONS_STREAM = 0x5CA1E
+"""`fold_in` constant of the key stream of the non-default options' parameters (`InitKeys.extra`)."""
+
+
+def _refuse(cfg: ScaleGMNConfig) -> None:
+    """Raise `NotImplementedError` for the option combinations this backend does not build."""
+    if cfg.sign_canon == "symmetrize_phi" and cfg.symmetry == "nonzero":
+        raise NotImplementedError(
+            "sign_canon='symmetrize_phi' with symmetry='nonzero': rho exists only for symmetry "
+            "'sign', 'auto' or 'hetero'; use symmetry='auto' (identity activations are nonzero groups)")
+    if cfg.head_in_last_layer and not cfg.edge_update:
+        raise NotImplementedError("head_in_last_layer=True needs edge_update=True (the last layer's edge "
+                                  "update writes the weight edits)")
 
 
 @functools.lru_cache(maxsize=64)

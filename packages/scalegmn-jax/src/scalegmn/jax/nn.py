@@ -10,6 +10,7 @@ the `r_ji` part.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import get_args
@@ -36,6 +37,11 @@ def normalises(g: Array) -> Array:
 def flips(g: Array) -> Array:
     """Where group codes `g` (`GroupKind`) have sign flips."""
     return (g == GroupKind.SIGN) | (g == GroupKind.NONZERO)
+
+
+def positive_scaling(g: Array) -> Array:
+    """Where group codes `g` have positive multipliers only (the rows of `inv_scale`, `per_group_inv`)."""
+    return normalises(g) & ~flips(g)
 
 
 class DropoutKeys:
@@ -66,14 +72,44 @@ class InitKeys:
 
     Args:
         keys: `[n_params]` keys, or `None` to count the parameters (any key is handed out).
+        extra: root key of `extra`, the stream of the parameters that only non-default
+            options create (`FoldedKeys`), or `None`.
     """
 
-    def __init__(self, keys: Array | None) -> None:
+    extra: FoldedKeys
+
+    def __init__(self, keys: Array | None, extra: Array | None = None) -> None:
         self.keys, self.count = keys, 0
+        self.extra = FoldedKeys(extra)
 
     def __call__(self) -> Array:
         """The next parameter's key."""
         k = jax.random.key(0) if self.keys is None else self.keys[self.count]
+        self.count += 1
+        return k
+
+    def skip(self, n: int) -> None:
+        """Hand out `n` keys to nobody (a parameter the configuration leaves out keeps its key)."""
+        self.count += n
+
+
+class FoldedKeys(InitKeys):
+    """Keys of the parameters of non-default options: `fold_in(root, k)` for the k-th one.
+
+    They come from their own stream, so adding an option's parameters leaves the keys (and
+    the initial values) of every other parameter as they are without the option.
+
+    Args:
+        root: the stream's root key, or `None` to count (any key is handed out).
+    """
+
+    def __init__(self, root: Array | None) -> None:
+        self.keys, self.count, self.root = None, 0, root
+        self.extra = self
+
+    def __call__(self) -> Array:
+        """The next parameter's key."""
+        k = jax.random.key(0) if self.root is None else jax.random.fold_in(self.root, self.count)
         self.count += 1
         return k
 
@@ -244,8 +280,59 @@ def scale_inv(mlp: MLP, x: Array, g: Array, eps: float, symmetrize: bool, keys: 
     return inv_tail(mlp, mlp.first(x), jnp.sum(x * x, -1, keepdims=True), g, sign, eps, symmetrize, keys)
 
 
+def canonical(x: Array, g: Array, eps: float) -> Array:
+    """`x / max(||x||, eps)` on rows whose group normalises, `x` elsewhere (`[..., d]`)."""
+    return jnp.where(normalises(g)[..., None], x / jnp.maximum(sqrt0(jnp.sum(x * x, -1, keepdims=True)), eps), x)
+
+
+def sign_canonical(x: Array, g: Array, eps: float) -> Array:
+    """The canonical form read by `edge_inv="canon"`: `canonical`, then `s c` on rows whose group flips."""
+    c = canonical(x, g, eps)
+    return jnp.where(flips(g)[..., None], canon_sign([max_abs_sign(c)]) * c, c)
+
+
+def scale_inv_options(mlp: MLP, x: Array, g: Array, eps: float, mode: str, keys: DropoutKeys,
+                      rho: MLP | None = None, inv_scale: MLP | None = None) -> Array:
+    """`ScaleInv_G(x)` with the options of a readout: `rho` (`symmetrize_phi`) and `inv_scale`.
+
+    Args:
+        mlp: the invariant MLP `inv`.
+        x: `[..., d_in]` rows.
+        g: `[...]` their group codes.
+        eps: `norm_eps`.
+        mode: `sign_canon`.
+        keys: dropout keys.
+        rho: the inner MLP of `symmetrize_phi` (rows whose group flips: `inv(rho(c) + rho(-c))`).
+        inv_scale: the MLP of the rows of positive scaling groups (`per_group_inv`).
+
+    Returns:
+        `[..., d_out]`.
+    """
+    if rho is None and inv_scale is None:
+        return scale_inv(mlp, x, g, eps, mode != "canonicalize", keys)
+    c = canonical(x, g, eps)
+    flip = flips(g)[..., None]
+    if mode == "canonicalize":
+        out = mlp(jnp.where(flip, canon_sign([max_abs_sign(x)]) * c, c), keys)
+    elif mode == "symmetrize":
+        out = mlp(c, keys) + jnp.where(flip, mlp(-c, keys), 0.0)
+    else:
+        out = mlp(c, keys)
+        if rho is not None:
+            out = jnp.where(flip, mlp(rho(c, keys) + rho(-c, keys), keys), out)
+    if inv_scale is not None:
+        out = jnp.where(positive_scaling(g)[..., None], inv_scale(c, keys), out)
+    return out
+
+
 class ScaleEq(eqx.Module):
     """`ScaleEq_G(x) = (gamma x) * ScaleInv_G(x)` for an input of width `d_in`.
+
+    With the options of `docs/model.md`: `rho` (`sign_canon="symmetrize_phi"`: rows whose
+    group flips use `inv(rho(c) + rho(-c))`), `io` (`io_mlps`: rows whose receiver is an input
+    or output node use `(gamma x) * io[k](x)`), `inv_scale` (`per_group_inv`: rows of positive
+    scaling groups), and `d_pos` positional inputs (`positional_features`: every invariant
+    MLP but `rho` reads `[c, p]` with the receiver's positional vector `p`).
 
     Args:
         d_in: input width.
@@ -255,23 +342,70 @@ class ScaleEq(eqx.Module):
         activation: its activation.
         layer_norm: LayerNorm in it.
         dropout: its dropout probability.
-        keys: initialisation keys.
+        keys: initialisation keys (the options' MLPs draw from `keys.extra`).
         dtype: parameter dtype.
+        rho: with the MLP `rho` (`d_in -> d_in`).
+        n_io: number of io MLPs (`io_mlps`).
+        d_pos: width of the positional inputs (0: none).
+        inv_scale: with the MLP `inv_scale`.
     """
 
     gamma: Linear
     inv: MLP
+    rho: MLP | None
+    io: tuple[MLP, ...] | None
+    inv_scale: MLP | None
 
     def __init__(self, d_in: int, d: int, mlp_hidden: int, n_hidden: int, activation: str,
-                 layer_norm: bool, dropout: float, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32) -> None:
+                 layer_norm: bool, dropout: float, *, keys: InitKeys, dtype: jnp.dtype = jnp.float32,
+                 rho: bool = False, n_io: int = 0, d_pos: int = 0, inv_scale: bool = False) -> None:
+        def mlp(a: int, b: int, k: InitKeys) -> MLP:
+            return MLP(a, mlp_hidden, b, n_hidden, activation, layer_norm, dropout, keys=k, dtype=dtype)
+
         self.gamma = Linear(d_in, d, bias=False, keys=keys, dtype=dtype)
-        self.inv = MLP(d_in, mlp_hidden, d, n_hidden, activation, layer_norm, dropout, keys=keys, dtype=dtype)
+        self.inv = mlp(d_in + d_pos, d, keys)
+        new = keys.extra
+        self.rho = mlp(d_in, d_in, new) if rho else None
+        self.io = tuple(mlp(d_in + d_pos, d, new) for _ in range(n_io)) if n_io else None
+        self.inv_scale = mlp(d_in + d_pos, d, new) if inv_scale else None
+
+    @property
+    def plain(self) -> bool:
+        """Without options: `gamma` and `inv` only (today's ScaleEq)."""
+        return self.rho is None and self.io is None and self.inv_scale is None and self.d_pos == 0
+
+    @property
+    def d_pos(self) -> int:
+        """Width of the positional inputs of the invariant MLPs."""
+        return self.inv.lin[0].weight.shape[1] - self.gamma.weight.shape[1]
+
+    def _mlps(self) -> list[MLP]:
+        """The invariant MLPs that read `x` (and `p`): `inv`, `inv_scale`, `io...`."""
+        out = [self.inv]
+        if self.inv_scale is not None:
+            out.append(self.inv_scale)
+        return out + list(self.io or ())
+
+    def _x_weights(self) -> list[Array]:
+        """The first Linears on the input `x`: `gamma`, `inv`, [`inv_scale`], [`rho`], [`io...`]."""
+        n = self.gamma.weight.shape[1]
+        ws = [self.gamma.weight, self.inv.lin[0].weight[:, :n] if self.d_pos else self.inv.lin[0].weight]
+        if self.inv_scale is not None:
+            ws.append(self.inv_scale.lin[0].weight[:, :n])
+        if self.rho is not None:
+            ws.append(self.rho.lin[0].weight)
+        return ws + [m.lin[0].weight[:, :n] for m in self.io or ()]
 
     def _first(self, x: Array, off: int) -> Array:
-        """`[gamma x, W_0 x]` for the columns `off:off + width(x)` of the input."""
+        """`[gamma x, W_0 x, ...]` (`_x_weights`) for the columns `off:off + width(x)` of the input."""
         n = x.shape[-1]
-        w = jnp.concatenate([self.gamma.weight[:, off:off + n], self.inv.lin[0].weight[:, off:off + n]], 0)
+        w = jnp.concatenate([w[:, off:off + n] for w in self._x_weights()], 0)
         return x @ w.T
+
+    def pos_part(self, p: Array) -> Array:
+        """The positional columns of the first Linears of `inv`, [`inv_scale`], [`io...`] on `p`, per node."""
+        n = self.gamma.weight.shape[1]
+        return p @ jnp.concatenate([m.lin[0].weight[:, n:] for m in self._mlps()], 0).T
 
     def node_part(self, xs: Sequence[Array], canonicalize: bool) -> list[Array]:
         """The node parts' share of the input `[*xs, *row parts]`, computed once per node.
@@ -291,9 +425,14 @@ class ScaleEq(eqx.Module):
         return out
 
     def rows(self, g: Array, node_vals: Sequence[Array], row_parts: Sequence[Array], offset: int,
-             eps: float, symmetrize: bool, keys: DropoutKeys) -> Array:
+             eps: float, symmetrize: bool, keys: DropoutKeys, *, mode: str | None = None,
+             io: Array | None = None, pos: Array | None = None) -> Array:
         """`ScaleEq_G` on rows from `node_vals` (`node_part`, gathered to the rows) and the row
-        parts (their columns start at `offset`); `g` the rows' group codes."""
+        parts (their columns start at `offset`); `g` the rows' group codes.
+
+        With options: `mode` the `sign_canon` (default from `symmetrize`), `io` the rows' io
+        MLP index (`-1`: none), `pos` the rows' `pos_part` of their receivers.
+        """
         d = self.gamma.weight.shape[0]
         per = 2 if symmetrize else 4
         total: Array | None = None
@@ -316,11 +455,66 @@ class ScaleEq(eqx.Module):
                 signs.append(max_abs_sign(x))
         assert total is not None and sq is not None
         sign = canon_sign(signs) if signs else None
-        return total[..., :d] * inv_tail(self.inv, total[..., d:], sq, g, sign, eps, symmetrize, keys)
+        if self.plain:
+            return total[..., :d] * inv_tail(self.inv, total[..., d:], sq, g, sign, eps, symmetrize, keys)
+        return total[..., :d] * self._options_tail(total, sq, g, sign, eps,
+                                                   mode or ("symmetrize" if symmetrize else "canonicalize"),
+                                                   io, pos, keys)
 
-    def __call__(self, x: Array, g: Array, eps: float, symmetrize: bool, keys: DropoutKeys) -> Array:
-        """`ScaleEq_G(x)` of rows `x` `[..., d_in]` with group codes `g`: `[..., d]`."""
-        return self.rows(g, [], [x], 0, eps, symmetrize, keys)
+    def _options_tail(self, total: Array, sq: Array, g: Array, sign: Array | None, eps: float, mode: str,
+                      io: Array | None, pos: Array | None, keys: DropoutKeys) -> Array:
+        """The ScaleInv factor of `rows` with options, from the first Linears `total` (`_x_weights`)."""
+        widths = [w.shape[0] for w in self._x_weights()]
+        cuts = list(itertools.accumulate(widths))[:-1]
+        parts = iter(jnp.split(total, cuts, axis=-1))
+        next(parts)  # gamma x
+        raw_inv = next(parts)
+        raw_scale = next(parts) if self.inv_scale is not None else None
+        raw_rho = next(parts) if self.rho is not None else None
+        raw_io = [next(parts) for _ in self.io or ()]
+        pp: list[Array | float] = [0.0] * len(self._mlps())
+        if pos is not None:
+            pcuts = list(itertools.accumulate(m.lin[0].weight.shape[0] for m in self._mlps()))[:-1]
+            pp = list(jnp.split(pos, pcuts, axis=-1))
+        norm = jnp.maximum(sqrt0(sq), eps)
+
+        def canon(pre: Array) -> Array:
+            return jnp.where(normalises(g)[..., None], pre / norm, pre)
+
+        flip = flips(g)[..., None]
+        ci = canon(raw_inv)
+        if mode == "symmetrize":
+            out = self.inv.tail(ci + pp[0], keys) + jnp.where(flip, self.inv.tail(pp[0] - ci, keys), 0.0)
+        elif mode == "canonicalize":
+            assert sign is not None
+            out = self.inv.tail(jnp.where(flip, sign * ci, ci) + pp[0], keys)
+        else:
+            out = self.inv.tail(ci + pp[0], keys)
+            if self.rho is not None:
+                assert raw_rho is not None
+                r = self.symmetric_rho(canon(raw_rho), keys)
+                n = self.gamma.weight.shape[1]
+                out = jnp.where(flip, self.inv.tail(r @ self.inv.lin[0].weight[:, :n].T + pp[0], keys), out)
+        k = 1
+        if self.inv_scale is not None:
+            assert raw_scale is not None
+            scale = positive_scaling(g)[..., None]
+            out = jnp.where(scale, self.inv_scale.tail(canon(raw_scale) + pp[1], keys), out)
+            k = 2
+        for j, (m, raw) in enumerate(zip(self.io or (), raw_io, strict=True)):
+            assert io is not None
+            out = jnp.where((io == j)[..., None], m.tail(raw + pp[k + j], keys), out)
+        return out
+
+    def symmetric_rho(self, pre: Array, keys: DropoutKeys) -> Array:
+        """`rho(c) + rho(-c)` from `pre = W_0 c` of `rho` (`symmetrize_phi`)."""
+        assert self.rho is not None
+        return self.rho.tail(pre, keys) + self.rho.tail(-pre, keys)
+
+    def __call__(self, x: Array, g: Array, eps: float, symmetrize: bool, keys: DropoutKeys, *,
+                 mode: str | None = None, io: Array | None = None, pos: Array | None = None) -> Array:
+        """`ScaleEq_G(x)` of rows `x` `[..., d_in]` with group codes `g`: `[..., d]` (options as `rows`)."""
+        return self.rows(g, [], [x], 0, eps, symmetrize, keys, mode=mode, io=io, pos=pos)
 
 
 class ReScaleEq(eqx.Module):
