@@ -60,7 +60,11 @@ def _flat(x) -> np.ndarray:
 @settings(max_examples=15, deadline=None)
 @given(kw=configs, kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 1000))
 def test_same_names_and_outputs(kw, kind, seed):
-    cfg = ScaleGMNConfig(d_hidden=5, mlp_hidden=4, n_layers=2, d_out=3, d_edge_in=9, **kw)
+    _check_same(ScaleGMNConfig(d_hidden=5, mlp_hidden=4, n_layers=2, d_out=3, d_edge_in=9, **kw), kind, seed)
+
+
+def _check_same(cfg: ScaleGMNConfig, kind: str, seed: int) -> None:
+    """The torch model's parameters, loaded by name into JAX, give the same outputs."""
     tm, jm = _pair(cfg, seed)
     shapes = {k: tuple(v.shape) for k, v in tm.state_dict().items()}
     assert shapes == sgj.param_shapes(cfg)
@@ -78,6 +82,66 @@ def test_same_names_and_outputs(kw, kind, seed):
             b = _flat(j).reshape(a.shape)  # both backends stack one-shape batches densely
             assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.abs(a).max())
 
+
+new_options = st.fixed_dictionaries({
+    "symmetry": st.sampled_from(["auto", "hetero", "scale", "sign"]),
+    "bidirectional": st.booleans(),
+    "message_receiver": st.booleans(),
+    "layer_norm": st.booleans(),
+    "sign_canon": st.sampled_from(["symmetrize", "canonicalize", "symmetrize_phi"]),
+    "io_mlps": st.sampled_from([0, 1, 2]),
+    "edge_inv": st.sampled_from(["mlp", "canon"]),
+    "skip_linear": st.booleans(),
+    "readout": st.sampled_from(["full_graph", "last_layer", "io_nodes"]),
+    "readout_io": st.sampled_from(["sum", "ordered"]),
+    "backward_edge_state": st.booleans(),
+    "positional_features": st.booleans(),
+    "per_group_inv": st.booleans(),
+    "edge_positional_encoding": st.booleans(),
+    "head": st.sampled_from(["invariant", "equivariant"]),
+    "head_in_last_layer": st.booleans(),
+})
+
+
+def _options_config(kw: dict) -> ScaleGMNConfig:
+    """A valid small configuration from a draw of `new_options` (dropping what does not fit)."""
+    kw = dict(kw)
+    kw["backward_edge_state"] &= kw["bidirectional"]
+    kw["per_group_inv"] &= kw["symmetry"] in ("auto", "hetero")
+    kw["head_in_last_layer"] &= kw["head"] == "equivariant"
+    if kw["readout"] != "full_graph":
+        kw["readout_io"] = "sum"
+    return ScaleGMNConfig(d_hidden=5, mlp_hidden=4, n_layers=2, d_out=3, d_edge_in=9, **kw)
+
+
+@settings(max_examples=20, deadline=None)
+@given(kw=new_options, kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 1000))
+def test_the_new_options_have_the_same_names_and_outputs(kw, kind, seed):
+    # The original implementation's pieces (io MLPs, phi(rho), io readouts, ...), loaded by name.
+    _check_same(_options_config(kw), kind, seed)
+
+@pytest.mark.parametrize(("name", "readout"), [("readout.rho.lin.0.weight", "full_graph"),
+                                               ("layers.0.upd.io.0.lin.0.weight", "io_nodes"),
+                                               ("layers.0.skip.weight", "io_nodes"),
+                                               ("readout.proj_in.weight", "io_nodes")])
+def test_control_a_new_parameter_that_is_not_read_breaks_parity(name, readout):
+    # Negative control: if JAX ignored one of the new parameters, the parity check would see it.
+    cfg = _options_config({"symmetry": "sign", "bidirectional": True, "message_receiver": False,
+                           "layer_norm": True, "sign_canon": "symmetrize_phi", "io_mlps": 1,
+                           "edge_inv": "mlp", "skip_linear": True, "readout": readout, "readout_io": "sum",
+                           "backward_edge_state": False, "positional_features": False, "per_group_inv": False,
+                           "edge_positional_encoding": True, "head": "invariant", "head_in_last_layer": False})
+    cfg = cfg.model_copy(update={"input_node_value": 1.0})
+    tm, _ = _pair(cfg, 0)
+    params = {k: jnp.asarray(v.detach().numpy()) for k, v in tm.state_dict().items()}
+    params[name] = params[name] * 1.5
+    jm = sgj.ScaleGMN(cfg, params=params)
+    nets = _networks("mlp", "sign", 0)
+    tm.eval()
+    with torch.no_grad():
+        a = _flat(tm(sgt.collate(nets, torch.float64)))
+    # far above the parity tolerance (1e-10 relative); sign networks give small effects
+    assert np.max(np.abs(a - _flat(jm(sgj.collate(nets))))) > 1e-7 * max(1.0, np.abs(a).max())
 
 def test_same_gradients():
     cfg = ScaleGMNConfig(d_hidden=6, n_layers=2, d_out=3, bidirectional=True, symmetry="auto")
