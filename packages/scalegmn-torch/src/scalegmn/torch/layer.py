@@ -178,7 +178,7 @@ class GMNLayer(nn.Module):
 
     def step(
         self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
-        blocks: list[EdgeBlock], fused: bool = False,
+        blocks: list[EdgeBlock], fused: bool = False, need: frozenset[int] | None = None,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         """`forward` with the backward edge states `e_b` of `backward_edge_state`.
 
@@ -186,6 +186,11 @@ class GMNLayer(nn.Module):
             h, e, grp, blocks, fused: as `forward`.
             e_b: backward edge states per block (`None`: the same as `e`); ignored without
                 `backward_edge_state`.
+            need: the node sets whose new states are read afterwards (`None`: all). A layer
+                without an edge update then computes only the messages into those sets and
+                their updates; the other sets keep their input states (which nobody reads).
+                Ignored where skipping work would change results: with an edge update, or
+                with dropout inside the MLPs in training mode (the random stream).
 
         Returns:
             The new node states, edge states and backward edge states (`None` without
@@ -195,13 +200,15 @@ class GMNLayer(nn.Module):
             e_b = None
         elif e_b is None:
             e_b = e
+        if need is not None and (self.edge is not None or (self.cfg.dropout > 0 and self.training)):
+            need = None
         if fused:
             agg_f, agg_b = self._messages_fused(h, e, grp, blocks)
             gammas: list[Tensor] = []
             gammas_b: list[Tensor] = []
         else:
-            agg_f, agg_b, gammas, gammas_b = self._messages(h, e, e_b, grp, blocks)
-        return self._update(h, e, e_b, grp, blocks, agg_f, agg_b, gammas, gammas_b, fused)
+            agg_f, agg_b, gammas, gammas_b = self._messages(h, e, e_b, grp, blocks, need)
+        return self._update(h, e, e_b, grp, blocks, agg_f, agg_b, gammas, gammas_b, fused, need)
 
     def fusable(self) -> bool:
         """Whether the configuration has the fused kernels' shape of MLPs (and no new option)."""
@@ -323,7 +330,7 @@ class GMNLayer(nn.Module):
         return out + eb if self.skip_on else out
 
     def _messages(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None,
-                  grp: list[Grp], blocks: list[EdgeBlock]
+                  grp: list[Grp], blocks: list[EdgeBlock], need: frozenset[int] | None = None
                   ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor], list[Tensor]]:
         d = self.cfg.d_hidden
         n_g = self.d_gamma
@@ -332,11 +339,18 @@ class GMNLayer(nn.Module):
         gammas: list[Tensor] = []
         gammas_b: list[Tensor] = []
         for k, (blk, eb) in enumerate(zip(blocks, e, strict=True)):
+            # `need` is only given without an edge update (no gammas to collect)
+            live_f = need is None or blk.t in need
+            live_b = self.bwd is not None and (need is None or blk.s in need)
+            if not (live_f or live_b):
+                continue
             y = self.edge_linear(eb)
             hs, ht = h[blk.s], h[blk.t]
-            m = self.message_fwd(hs, ht, y, blk, grp[blk.t])
-            agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
-            if self.bwd is not None:
+            if live_f:
+                m = self.message_fwd(hs, ht, y, blk, grp[blk.t])
+                agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
+            if live_b:
+                assert self.bwd is not None
                 if e_b is not None:
                     yb = self.edge_linear_bwd(e_b[k])
                     if self.edge_bwd is not None:
@@ -399,11 +413,15 @@ class GMNLayer(nn.Module):
 
     def _update(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
                 blocks: list[EdgeBlock], agg_f: list[Tensor | None], agg_b: list[Tensor | None],
-                gammas: list[Tensor], gammas_b: list[Tensor], fused: bool
+                gammas: list[Tensor], gammas_b: list[Tensor], fused: bool,
+                need: frozenset[int] | None = None
                 ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         cfg = self.cfg
         new_h = []
         for k, hk in enumerate(h):
+            if need is not None and k not in need:
+                new_h.append(hk)  # not read afterwards (see `step`)
+                continue
             agg = [_or_zeros(agg_f[k], hk)]
             if self.bwd is not None:
                 agg.append(_or_zeros(agg_b[k], hk))

@@ -257,12 +257,17 @@ class ScaleGMN(nn.Module):
 
     def _run(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
              blocks: list[EdgeBlock], fused: bool) -> tuple[list[Tensor], list[Tensor]]:
+        """The layers. The last one computes only the node sets the head reads (`_head_sets`;
+        the one node set of the disjoint-union layout is always read)."""
+        need = self._head_sets(len(h) - 1)
         fused = (fused and all(isinstance(g.norm, bool) for g in grp)
                  and all(isinstance(g.flip, bool) for g in grp))
         p = self.config.layer_dropout
         e_b: list[Tensor] | None = None
-        for layer in self._layers():
-            h, e, e_b = layer.step(h, e, e_b, grp, blocks, fused=fused and layer.fusable())
+        n = len(self.layers)
+        for t, layer in enumerate(self._layers()):
+            h, e, e_b = layer.step(h, e, e_b, grp, blocks, fused=fused and layer.fusable(),
+                                   need=need if t == n - 1 else None)
             if p > 0 and self.training:
                 h = [F.dropout(hk, p, True) for hk in h]
         return h, e
@@ -343,6 +348,15 @@ class ScaleGMN(nn.Module):
         else:
             out = torch.cat([hidden, h[0].sum(1), h[L].sum(1)], -1)
         return self._readout_mlp()(out)
+
+    def _head_sets(self, L: int) -> frozenset[int] | None:
+        """The graph layers whose final node states the head reads (`None`: all of them)."""
+        cfg = self.config
+        if cfg.head == "invariant" and cfg.readout == "last_layer":
+            return frozenset({L})
+        if cfg.head == "invariant" and cfg.readout == "io_nodes":
+            return frozenset({0, L})
+        return None
 
     def _pos_dense(self, k: int, L: int, n: int) -> Tensor:
         """The positional vectors of graph layer `k` (`positional_features`): `[n or 1, d]`."""
