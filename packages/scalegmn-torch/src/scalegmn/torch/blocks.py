@@ -83,9 +83,10 @@ class MLP(nn.Module):
             out = F.dropout(out, self.p, self.training)
         return out
 
-    def tail(self, pre: Tensor, start: int = 0) -> Tensor:
-        """The MLP from the output of Linear `start` without its bias: `[..., d_out]`."""
-        x = pre + self.linear(start).bias
+    def tail(self, pre: Tensor, start: int = 0, biased: bool = False) -> Tensor:
+        """The MLP from the output of Linear `start` without its bias (`biased`: with it,
+        e.g. from `F.linear(x, W, b)`, whose fused product saves a pass): `[..., d_out]`."""
+        x = pre if biased else pre + self.linear(start).bias
         for k in range(start, self.n_hidden):
             x = self.hidden(k, x)
             x = self.linear(k + 1)(x)
@@ -93,7 +94,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the MLP: `[..., d_in] -> [..., d_out]`."""
-        return self.tail(F.linear(x, self.linear(0).weight))
+        lin0 = self.linear(0)
+        return self.tail(F.linear(x, lin0.weight, lin0.bias), biased=True)
 
 
 class ScaleEq(nn.Module):
@@ -299,10 +301,10 @@ def phi_inv(inv: MLP, rho: MLP, c: Tensor, pos: Tensor | None) -> Tensor:
     last = rho.linear(1)
     w0c = w0[:, :n]
     pre = F.linear(phi_hidden(rho, F.linear(c, rho.linear(0).weight)), w0c @ last.weight,
-                   F.linear(2 * last.bias, w0c))
+                   F.linear(2 * last.bias, w0c, inv.linear(0).bias))
     if pos is not None:
         pre = pre + F.linear(pos, w0[:, n:])
-    return inv.tail(pre)
+    return inv.tail(pre, biased=True)
 
 
 def even_pair(mlp: MLP, pre: Tensor, shift: Tensor | None = None) -> Tensor:
@@ -327,11 +329,11 @@ def even_pair(mlp: MLP, pre: Tensor, shift: Tensor | None = None) -> Tensor:
 def split_apply(mlp: MLP, v: Tensor, pos: Tensor | None) -> Tensor:
     """`mlp([v, pos])` with the first Linear split: the `pos` columns act on `pos` before it
     is broadcast onto the rows of `v` (`pos` `[..., d]` broadcastable; `None`: `mlp(v)`)."""
-    w0 = mlp.linear(0).weight
+    w0, b0 = mlp.linear(0).weight, mlp.linear(0).bias
     if pos is None:
-        return mlp.tail(F.linear(v, w0))
+        return mlp.tail(F.linear(v, w0, b0), biased=True)
     n = v.shape[-1]
-    return mlp.tail(F.linear(v, w0[:, :n]) + F.linear(pos, w0[:, n:]))
+    return mlp.tail(F.linear(v, w0[:, :n], b0) + F.linear(pos, w0[:, n:]), biased=True)
 
 
 def general_inv(inv: MLP, x: Tensor, grp: Grp, eps: float, sign_canon: str, *,
@@ -460,7 +462,7 @@ def scale_eq(
             se = edge.square().sum(-1, keepdim=True)
             sq = se if sq is None else se + sq
     assert gp is not None
-    g, pre = gp[..., :d], gp[..., d:]
+    g, pre = gp.split([d, gp.shape[-1] - d], -1)
     if grp.any_norm:
         assert sq is not None
         f = norm_factor(sq, grp, eps)

@@ -259,7 +259,9 @@ class GMNLayer(nn.Module):
         """
         cfg = self.cfg
         d = cfg.d_hidden
-        r = blk.src(F.linear(hs, self.fwd.rescale.a.weight)) * y[..., :d]
+        # `y` may be just the `b e` columns (`_messages` splits `edge_linear`): no slice then
+        # (a slice's gradient is a zero-filled buffer of the full width)
+        r = blk.src(F.linear(hs, self.fwd.rescale.a.weight)) * (y if y.shape[-1] == d else y[..., :d])
         return scale_eq(self.fwd.msg, ht if cfg.message_receiver else None, blk.dst, r,
                         gt.map(blk.dst), cfg.norm_eps, cfg.sign_canon)
 
@@ -314,8 +316,8 @@ class GMNLayer(nn.Module):
             inv = scale_inv(mod.inv, hk, g, cfg.norm_eps, cfg.sign_canon != "canonicalize")
         return F.linear(inv, w1[:, :d]), F.linear(inv, w1[:, d:])
 
-    def update_edge(self, eb: Tensor, gamma: Tensor, pre: Tensor, mod: EdgeUpdate | None = None
-                    ) -> Tensor:
+    def update_edge(self, eb: Tensor, gamma: Tensor, pre: Tensor, mod: EdgeUpdate | None = None,
+                    biased: bool = False) -> Tensor:
         """Edge update `(gamma e) * MLP([ScaleInv(h_j), ScaleInv(h_i)])` (plus the skip).
 
         Args:
@@ -323,17 +325,17 @@ class GMNLayer(nn.Module):
             gamma: `gamma e`, the last `d_gamma` columns of `edge_linear`.
             pre: the source half plus the target half of `edge_inputs` on each edge.
             mod: the edge update (default `edge`; `edge_bwd` for the backward state).
+            biased: `pre` includes the bias of the MLP's first Linear.
         """
         mod = self.edge if mod is None else mod
         assert mod is not None
-        out = gamma * mod.mlp.tail(pre)
+        out = gamma * mod.mlp.tail(pre, biased=biased)
         return out + eb if self.skip_on else out
 
     def _messages(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None,
                   grp: list[Grp], blocks: list[EdgeBlock], need: frozenset[int] | None = None
                   ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor], list[Tensor]]:
         d = self.cfg.d_hidden
-        n_g = self.d_gamma
         agg_f: list[Tensor | None] = [None] * len(h)
         agg_b: list[Tensor | None] = [None] * len(h)
         gammas: list[Tensor] = []
@@ -344,24 +346,28 @@ class GMNLayer(nn.Module):
             live_b = self.bwd is not None and (need is None or blk.s in need)
             if not (live_f or live_b):
                 continue
+            # one product for the edge-side Linears, split into its parts (whose gradients
+            # are then concatenated, not each zero-filled to the full width)
             y = self.edge_linear(eb)
+            n_b = d if self.bwd is not None and not self.bes else 0
+            ys = y.split([d, n_b, y.shape[-1] - d - n_b], -1)
             hs, ht = h[blk.s], h[blk.t]
             if live_f:
-                m = self.message_fwd(hs, ht, y, blk, grp[blk.t])
+                m = self.message_fwd(hs, ht, ys[0], blk, grp[blk.t])
                 agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
             if live_b:
                 assert self.bwd is not None
                 if e_b is not None:
                     yb = self.edge_linear_bwd(e_b[k])
                     if self.edge_bwd is not None:
-                        gammas_b.append(yb[..., d:])
-                    yb = yb[..., :d]
+                        yb, gam_b = yb.split([d, yb.shape[-1] - d], -1)
+                        gammas_b.append(gam_b)
                 else:
-                    yb = y[..., d : 2 * d]
+                    yb = ys[1]
                 mb = self.message_bwd(hs, ht, yb, blk, grp[blk.s], grp[blk.t])
                 agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
             if self.edge is not None:
-                gammas.append(y[..., y.shape[-1] - n_g:])
+                gammas.append(ys[2])
         return agg_f, agg_b, gammas, gammas_b
 
     def _messages_fused(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
@@ -441,8 +447,10 @@ class GMNLayer(nn.Module):
                                       lin1.weight, lin1.bias)
                 for blk, eb in zip(blocks, e, strict=True)
             ], e_b
+        # the first Linear's bias joins the target halves once per node, not once per edge
+        b1 = self.edge.mlp.linear(0).bias
         new_e = [
-            self.update_edge(eb, gam, blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t]))
+            self.update_edge(eb, gam, blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t] + b1), biased=True)
             for blk, eb, gam in zip(blocks, e, gammas, strict=True)
         ]
         if self.edge_bwd is None or e_b is None:
@@ -450,8 +458,10 @@ class GMNLayer(nn.Module):
         eb_mod = self.edge_bwd
         q_src, q_dst = zip(*(self.edge_inputs(hk, g, eb_mod) for hk, g in zip(h_e, grp, strict=True)),
                            strict=True)
+        b1 = eb_mod.mlp.linear(0).bias
         new_b = [
-            self.update_edge(eb, gam, blk.src(q_src[blk.s]) + blk.dst(q_dst[blk.t]), eb_mod)
+            self.update_edge(eb, gam, blk.src(q_src[blk.s]) + blk.dst(q_dst[blk.t] + b1), eb_mod,
+                             biased=True)
             for blk, eb, gam in zip(blocks, e_b, gammas_b, strict=True)
         ]
         return new_h, new_e, new_b
