@@ -74,6 +74,15 @@ class EdgeBlock:
     to_dst: Fn
 
 
+@dataclass(frozen=True)
+class Need:
+    """What is read of a layer's outputs: node sets `nodes`, edge blocks `edges` (the edge
+    states, and the backward ones with `backward_edge_state`)."""
+
+    nodes: frozenset[int]
+    edges: frozenset[int]
+
+
 class Direction(nn.Module):
     """A message direction: `rescale` (ReScaleEq) and `msg` (ScaleEq)."""
 
@@ -178,7 +187,7 @@ class GMNLayer(nn.Module):
 
     def step(
         self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
-        blocks: list[EdgeBlock], fused: bool = False, need: frozenset[int] | None = None,
+        blocks: list[EdgeBlock], fused: bool = False, need: Need | None = None,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         """`forward` with the backward edge states `e_b` of `backward_edge_state`.
 
@@ -186,11 +195,10 @@ class GMNLayer(nn.Module):
             h, e, grp, blocks, fused: as `forward`.
             e_b: backward edge states per block (`None`: the same as `e`); ignored without
                 `backward_edge_state`.
-            need: the node sets whose new states are read afterwards (`None`: all). A layer
-                without an edge update then computes only the messages into those sets and
-                their updates; the other sets keep their input states (which nobody reads).
-                Ignored where skipping work would change results: with an edge update, or
-                with dropout inside the MLPs in training mode (the random stream).
+            need: the outputs read afterwards (`None`: all). The layer then computes only
+                what they depend on (`live_sets`); the other node sets and edge blocks keep
+                their input states (which nobody reads). Ignored with dropout inside the MLPs
+                in training mode, where skipped work would shift the random stream.
 
         Returns:
             The new node states, edge states and backward edge states (`None` without
@@ -200,15 +208,40 @@ class GMNLayer(nn.Module):
             e_b = None
         elif e_b is None:
             e_b = e
-        if need is not None and (self.edge is not None or (self.cfg.dropout > 0 and self.training)):
+        if need is not None and self.cfg.dropout > 0 and self.training:
             need = None
+        upd: frozenset[int] | None = None
+        edges: frozenset[int] | None = None
+        if need is not None:
+            upd, edges = self.live_sets(need, blocks), need.edges
         if fused:
             agg_f, agg_b = self._messages_fused(h, e, grp, blocks)
-            gammas: list[Tensor] = []
-            gammas_b: list[Tensor] = []
+            gammas: list[Tensor | None] = []
+            gammas_b: list[Tensor | None] = []
         else:
-            agg_f, agg_b, gammas, gammas_b = self._messages(h, e, e_b, grp, blocks, need)
-        return self._update(h, e, e_b, grp, blocks, agg_f, agg_b, gammas, gammas_b, fused, need)
+            agg_f, agg_b, gammas, gammas_b = self._messages(h, e, e_b, grp, blocks, upd, edges)
+        return self._update(h, e, e_b, grp, blocks, agg_f, agg_b, gammas, gammas_b, fused, upd,
+                            edges)
+
+    def live_sets(self, need: Need, blocks: list[EdgeBlock]) -> frozenset[int]:
+        """The node sets whose update `need` depends on: the read ones and, with an edge
+        update, the ends of the read edge blocks (unless it reads the input states)."""
+        upd = set(need.nodes)
+        if self.edge is not None and not self.head_out:
+            for b in need.edges:
+                upd |= {blocks[b].s, blocks[b].t}
+        return frozenset(upd)
+
+    def need_before(self, need: Need, blocks: list[EdgeBlock]) -> Need:
+        """The inputs of this layer that its outputs `need` read (for the layer before it)."""
+        upd = self.live_sets(need, blocks)
+        nodes, edges = set(upd), set(need.edges)
+        for b, blk in enumerate(blocks):
+            if blk.t in upd or (self.bwd is not None and blk.s in upd) or (
+                    self.head_out and self.edge is not None and b in need.edges):
+                nodes |= {blk.s, blk.t}
+                edges.add(b)
+        return Need(frozenset(nodes), frozenset(edges))
 
     def fusable(self) -> bool:
         """Whether the configuration has the fused kernels' shape of MLPs (and no new option)."""
@@ -333,18 +366,21 @@ class GMNLayer(nn.Module):
         return out + eb if self.skip_on else out
 
     def _messages(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None,
-                  grp: list[Grp], blocks: list[EdgeBlock], need: frozenset[int] | None = None
-                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor], list[Tensor]]:
+                  grp: list[Grp], blocks: list[EdgeBlock], upd: frozenset[int] | None = None,
+                  edges: frozenset[int] | None = None
+                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor | None],
+                             list[Tensor | None]]:
         d = self.cfg.d_hidden
         agg_f: list[Tensor | None] = [None] * len(h)
         agg_b: list[Tensor | None] = [None] * len(h)
-        gammas: list[Tensor] = []
-        gammas_b: list[Tensor] = []
+        gammas: list[Tensor | None] = [None] * len(blocks)
+        gammas_b: list[Tensor | None] = [None] * len(blocks)
         for k, (blk, eb) in enumerate(zip(blocks, e, strict=True)):
-            # `need` is only given without an edge update (no gammas to collect)
-            live_f = need is None or blk.t in need
-            live_b = self.bwd is not None and (need is None or blk.s in need)
-            if not (live_f or live_b):
+            # only the messages into the updated sets `upd`, the edge updates of `edges`
+            live_f = upd is None or blk.t in upd
+            live_b = self.bwd is not None and (upd is None or blk.s in upd)
+            live_e = self.edge is not None and (edges is None or k in edges)
+            if not (live_f or live_b or live_e):
                 continue
             # one product for the edge-side Linears, split into its parts (whose gradients
             # are then concatenated, not each zero-filled to the full width)
@@ -355,19 +391,18 @@ class GMNLayer(nn.Module):
             if live_f:
                 m = self.message_fwd(hs, ht, ys[0], blk, grp[blk.t])
                 agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
-            if live_b:
-                assert self.bwd is not None
+            if self.bwd is not None and (live_b or (live_e and self.edge_bwd is not None)):
                 if e_b is not None:
                     yb = self.edge_linear_bwd(e_b[k])
                     if self.edge_bwd is not None:
-                        yb, gam_b = yb.split([d, yb.shape[-1] - d], -1)
-                        gammas_b.append(gam_b)
+                        yb, gammas_b[k] = yb.split([d, yb.shape[-1] - d], -1)
                 else:
                     yb = ys[1]
-                mb = self.message_bwd(hs, ht, yb, blk, grp[blk.s], grp[blk.t])
-                agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
-            if self.edge is not None:
-                gammas.append(ys[2])
+                if live_b:
+                    mb = self.message_bwd(hs, ht, yb, blk, grp[blk.s], grp[blk.t])
+                    agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
+            if live_e:
+                gammas[k] = ys[2]
         return agg_f, agg_b, gammas, gammas_b
 
     def _messages_fused(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
@@ -419,13 +454,13 @@ class GMNLayer(nn.Module):
 
     def _update(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
                 blocks: list[EdgeBlock], agg_f: list[Tensor | None], agg_b: list[Tensor | None],
-                gammas: list[Tensor], gammas_b: list[Tensor], fused: bool,
-                need: frozenset[int] | None = None
+                gammas: list[Tensor | None], gammas_b: list[Tensor | None], fused: bool,
+                upd: frozenset[int] | None = None, edges: frozenset[int] | None = None
                 ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         cfg = self.cfg
         new_h = []
         for k, hk in enumerate(h):
-            if need is not None and k not in need:
+            if upd is not None and k not in upd:
                 new_h.append(hk)  # not read afterwards (see `step`)
                 continue
             agg = [_or_zeros(agg_f[k], hk)]
@@ -445,11 +480,13 @@ class GMNLayer(nn.Module):
                 fz.EdgeUpdateFn.apply(cfg.mlp_activation, cfg.skip_connections, eb, p_src[blk.s],
                                       p_dst[blk.t], self.edge.gamma.weight, lin0.bias,
                                       lin1.weight, lin1.bias)
-                for blk, eb in zip(blocks, e, strict=True)
+                if edges is None or k in edges else eb  # eb: not read afterwards
+                for k, (blk, eb) in enumerate(zip(blocks, e, strict=True))
             ], e_b
         # the first Linear's bias joins the target halves once per node, not once per edge
         b1 = self.edge.mlp.linear(0).bias
         new_e = [
+            eb if gam is None else  # not read afterwards (see `step`)
             self.update_edge(eb, gam, blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t] + b1), biased=True)
             for blk, eb, gam in zip(blocks, e, gammas, strict=True)
         ]
@@ -460,6 +497,7 @@ class GMNLayer(nn.Module):
                            strict=True)
         b1 = eb_mod.mlp.linear(0).bias
         new_b = [
+            eb if gam is None else
             self.update_edge(eb, gam, blk.src(q_src[blk.s]) + blk.dst(q_dst[blk.t] + b1), eb_mod,
                              biased=True)
             for blk, eb, gam in zip(blocks, e_b, gammas_b, strict=True)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs, from_pyg
 from .blocks import MLP, general_inv, scale_inv
 from .groups import Grp, effective_codes, effective_const
-from .layer import EdgeBlock, GMNLayer, has_rho
+from .layer import EdgeBlock, GMNLayer, Need, has_rho
 
 _PE_NOISE = 0.01
 
@@ -257,17 +257,16 @@ class ScaleGMN(nn.Module):
 
     def _run(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
              blocks: list[EdgeBlock], fused: bool) -> tuple[list[Tensor], list[Tensor]]:
-        """The layers. The last one computes only the node sets the head reads (`_head_sets`;
-        the one node set of the disjoint-union layout is always read)."""
-        need = self._head_sets(len(h) - 1)
+        """The layers. Each computes only what the head reads in the end (`_head_sets`; the
+        one node set of the disjoint-union layout is always read)."""
+        needs = self._needs(len(h) - 1, blocks)
         fused = (fused and all(isinstance(g.norm, bool) for g in grp)
                  and all(isinstance(g.flip, bool) for g in grp))
         p = self.config.layer_dropout
         e_b: list[Tensor] | None = None
-        n = len(self.layers)
         for t, layer in enumerate(self._layers()):
             h, e, e_b = layer.step(h, e, e_b, grp, blocks, fused=fused and layer.fusable(),
-                                   need=need if t == n - 1 else None)
+                                   need=needs[t])
             if p > 0 and self.training:
                 h = [F.dropout(hk, p, True) for hk in h]
         return h, e
@@ -357,6 +356,19 @@ class ScaleGMN(nn.Module):
         if cfg.head == "invariant" and cfg.readout == "io_nodes":
             return frozenset({0, L})
         return None
+
+    def _needs(self, L: int, blocks: list[EdgeBlock]) -> list[Need | None]:
+        """What each layer's outputs must hold for the head (`None`: everything)."""
+        layers = list(self._layers())
+        sets = self._head_sets(L)
+        if sets is None:
+            return [None] * len(layers)
+        need = Need(sets, frozenset())
+        out: list[Need | None] = []
+        for layer in reversed(layers):
+            out.append(need)
+            need = layer.need_before(need, blocks)
+        return out[::-1]
 
     def _pos_dense(self, k: int, L: int, n: int) -> Tensor:
         """The positional vectors of graph layer `k` (`positional_features`): `[n or 1, d]`."""
