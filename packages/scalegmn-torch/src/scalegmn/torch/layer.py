@@ -395,7 +395,9 @@ class GMNLayer(nn.Module):
                 if e_b is not None:
                     yb = self.edge_linear_bwd(e_b[k])
                     if self.edge_bwd is not None:
-                        yb, gammas_b[k] = yb.split([d, yb.shape[-1] - d], -1)
+                        yb, gam_b = yb.split([d, yb.shape[-1] - d], -1)
+                        if live_e:
+                            gammas_b[k] = gam_b
                 else:
                     yb = ys[1]
                 if live_b:
