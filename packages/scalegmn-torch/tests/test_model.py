@@ -319,3 +319,49 @@ def test_refused_option_combinations_are_clear() -> None:
         ScaleGMN(small_config(symmetry="nonzero", sign_canon="symmetrize_phi"))
     with pytest.raises(ValueError, match="edge_update=True"):
         ScaleGMN(small_config(head="equivariant", head_in_last_layer=True, edge_update=False))
+
+
+@pytest.mark.parametrize("case", ["last_layer", "io_nodes", "io_nodes_bes", "mnist_like"])
+def test_unread_work_is_skipped_without_changing_anything(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dense layers compute only what the head reads (`ScaleGMN._needs`): the output and
+    every gradient equal those of the full computation, and fewer messages are computed."""
+    from scalegmn.torch.layer import GMNLayer
+
+    kw = {
+        "last_layer": {"readout": "last_layer", "bidirectional": True},
+        "io_nodes": {"readout": "io_nodes", "bidirectional": True, "skip_linear": True},
+        "io_nodes_bes": {"readout": "io_nodes", "bidirectional": True, "backward_edge_state": True,
+                         "layer_dropout": 0.3},
+        "mnist_like": OPTION_CASES["mnist_like"],
+    }[case]
+    cfg = small_config(**{"edge_update": True, **kw}, n_layers=3)
+    batch = collate(nets(spec_for("mlp", "tanh" if cfg.symmetry == "sign" else "relu"), 3), torch.float64)
+    calls: list[int] = []
+    orig = GMNLayer.message_fwd
+
+    def counted(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(GMNLayer, "message_fwd", counted)
+
+    def run(full: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        model = make_model(cfg, seed=3).train()
+        model.fused = False  # count the unfused messages
+        with monkeypatch.context() as mp:
+            if full:
+                mp.setattr(ScaleGMN, "_head_sets", lambda self, L: None)
+            calls.clear()
+            torch.manual_seed(0)
+            y = model(batch)
+            n = len(calls)
+        y.square().sum().backward()
+        return y.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}, n
+
+    y_full, g_full, n_full = run(True)
+    y, g, n = run(False)
+    assert n < n_full
+    assert rel_err(y, y_full) < 1e-12
+    assert g.keys() == g_full.keys()
+    for k in g:
+        assert rel_err(g[k], g_full[k]) < 1e-10, k

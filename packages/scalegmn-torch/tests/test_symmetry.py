@@ -256,7 +256,7 @@ def test_control_symmetrize_phi_with_an_odd_rho(monkeypatch: pytest.MonkeyPatch)
 
     kw = OPTION_CASES["symmetrize_phi"]
     assert option_error(kw, "mlp", "tanh", True) < 1e-10
-    monkeypatch.setattr(blocks, "phi_symmetrize", lambda rho, c: rho(c) - rho(-c))
+    monkeypatch.setattr(blocks, "phi_even", lambda plus, minus: plus - minus)
     for dense in (True, False):
         assert option_error(kw, "mlp", "tanh", dense) > 1e-4
 

@@ -83,9 +83,10 @@ class MLP(nn.Module):
             out = F.dropout(out, self.p, self.training)
         return out
 
-    def tail(self, pre: Tensor, start: int = 0) -> Tensor:
-        """The MLP from the output of Linear `start` without its bias: `[..., d_out]`."""
-        x = pre + self.linear(start).bias
+    def tail(self, pre: Tensor, start: int = 0, biased: bool = False) -> Tensor:
+        """The MLP from the output of Linear `start` without its bias (`biased`: with it,
+        e.g. from `F.linear(x, W, b)`, whose fused product saves a pass): `[..., d_out]`."""
+        x = pre if biased else pre + self.linear(start).bias
         for k in range(start, self.n_hidden):
             x = self.hidden(k, x)
             x = self.linear(k + 1)(x)
@@ -93,7 +94,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the MLP: `[..., d_in] -> [..., d_out]`."""
-        return self.tail(F.linear(x, self.linear(0).weight))
+        lin0 = self.linear(0)
+        return self.tail(F.linear(x, lin0.weight, lin0.bias), biased=True)
 
 
 class ScaleEq(nn.Module):
@@ -261,9 +263,77 @@ def canon_state(x: Tensor, grp: Grp, eps: float) -> Tensor:
     return c if s is None else c * s
 
 
+def phi_even(plus: Tensor, minus: Tensor) -> Tensor:
+    """How `symmetrize_phi` combines the branches of `rho` on `c` and `-c`: their sum."""
+    return plus + minus
+
+
 def phi_symmetrize(rho: MLP, c: Tensor) -> Tensor:
-    """`rho(c) + rho(-c)`: the sign-invariant input of `symmetrize_phi`'s `inv`."""
-    return rho(c) + rho(-c)
+    """`rho(c) + rho(-c)`: the sign-invariant input of `symmetrize_phi`'s `inv`.
+
+    The two branches share the first Linear's product (`W_0 (-c) = -(W_0 c)`), and with one
+    hidden layer they are summed before the last Linear: two matmuls instead of four.
+    """
+    pre = F.linear(c, rho.linear(0).weight)
+    if rho.n_hidden != 1:
+        return phi_even(rho.tail(pre), rho.tail(-pre))
+    last = rho.linear(1)
+    return F.linear(phi_hidden(rho, pre), last.weight, 2 * last.bias)
+
+
+def phi_hidden(rho: MLP, pre: Tensor) -> Tensor:
+    """A one-hidden-layer `rho`'s hidden activations on `c` and `-c`, combined by `phi_even`
+    (`pre = W_0 c` without bias): `rho(c) + rho(-c) = W_1 phi_hidden + 2 b_1`."""
+    b0 = rho.linear(0).bias
+    return phi_even(rho.hidden(0, b0 + pre), rho.hidden(0, b0 - pre))
+
+
+def phi_inv(inv: MLP, rho: MLP, c: Tensor, pos: Tensor | None) -> Tensor:
+    """`inv([rho(c) + rho(-c), pos])` (`symmetrize_phi`'s ScaleInv of flip rows).
+
+    With one hidden layer in `rho`, its last Linear and the first Linear of `inv` (nothing
+    in between) act as one product `W_inv,0 W_rho,1` (one matmul per row instead of two).
+    """
+    n = c.shape[-1]
+    w0 = inv.linear(0).weight
+    if rho.n_hidden != 1 or w0.shape[0] > 2 * n:
+        return split_apply(inv, phi_symmetrize(rho, c), pos)
+    last = rho.linear(1)
+    w0c = w0[:, :n]
+    pre = F.linear(phi_hidden(rho, F.linear(c, rho.linear(0).weight)), w0c @ last.weight,
+                   F.linear(2 * last.bias, w0c, inv.linear(0).bias))
+    if pos is not None:
+        pre = pre + F.linear(pos, w0[:, n:])
+    return inv.tail(pre, biased=True)
+
+
+def even_pair(mlp: MLP, pre: Tensor, shift: Tensor | None = None) -> Tensor:
+    """`tail(shift + pre) + tail(shift - pre)` of `mlp`, from `pre = W_0 u` (no bias).
+
+    `shift` (broadcastable onto `pre`, default 0) is a part of the first Linear's output
+    shared by both branches (the positional features' columns). With one hidden layer the
+    branches are summed before the last Linear (one matmul).
+    """
+    b0 = mlp.linear(0).bias if shift is None else shift + mlp.linear(0).bias
+    if mlp.n_hidden == 0:
+        return (2 * b0).expand_as(pre)
+    if mlp.n_hidden == 1:
+        last = mlp.linear(1)
+        return F.linear(mlp.hidden(0, b0 + pre) + mlp.hidden(0, b0 - pre), last.weight,
+                        2 * last.bias)
+    lo = pre if shift is None else shift + pre
+    hi = -pre if shift is None else shift - pre
+    return mlp.tail(lo) + mlp.tail(hi)
+
+
+def split_apply(mlp: MLP, v: Tensor, pos: Tensor | None) -> Tensor:
+    """`mlp([v, pos])` with the first Linear split: the `pos` columns act on `pos` before it
+    is broadcast onto the rows of `v` (`pos` `[..., d]` broadcastable; `None`: `mlp(v)`)."""
+    w0, b0 = mlp.linear(0).weight, mlp.linear(0).bias
+    if pos is None:
+        return mlp.tail(F.linear(v, w0, b0), biased=True)
+    n = v.shape[-1]
+    return mlp.tail(F.linear(v, w0[:, :n], b0) + F.linear(pos, w0[:, n:]), biased=True)
 
 
 def general_inv(inv: MLP, x: Tensor, grp: Grp, eps: float, sign_canon: str, *,
@@ -290,11 +360,8 @@ def general_inv(inv: MLP, x: Tensor, grp: Grp, eps: float, sign_canon: str, *,
         pos: positional vectors `[..., d]` broadcastable onto the rows.
     """
 
-    def aug(v: Tensor) -> Tensor:
-        if pos is None:
-            return v
-        shape = torch.broadcast_shapes(v.shape[:-1], pos.shape[:-1])
-        return torch.cat([v.expand(*shape, v.shape[-1]), pos.expand(*shape, pos.shape[-1])], -1)
+    def apply(mlp: MLP, v: Tensor) -> Tensor:
+        return split_apply(mlp, v, pos)
 
     def hidden() -> Tensor:
         c = x
@@ -305,24 +372,27 @@ def general_inv(inv: MLP, x: Tensor, grp: Grp, eps: float, sign_canon: str, *,
 
         def plain() -> Tensor:
             if inv_scale is None or not grp.any_norm:
-                return inv(aug(c))
-            return _where(_scale_rows(grp), lambda: inv_scale(aug(c)), lambda: inv(aug(c)))
+                return apply(inv, c)
+            return _where(_scale_rows(grp), lambda: apply(inv_scale, c), lambda: apply(inv, c))
 
         def flipped() -> Tensor:
             if sign_canon == "canonicalize":
                 s = canon_sign([max_abs_sign(c)], grp)
                 assert s is not None
-                return inv(aug(s * c))
+                return apply(inv, s * c)
             if sign_canon == "symmetrize_phi" and rho is not None:
-                return inv(aug(phi_symmetrize(rho, c)))
-            return inv(aug(c)) + inv(aug(-c))
+                return phi_inv(inv, rho, c, pos)
+            w0 = inv.linear(0).weight
+            n = c.shape[-1]
+            shift = None if pos is None else F.linear(pos, w0[:, n:])
+            return even_pair(inv, F.linear(c, w0[:, :n]), shift)
 
         return _where(grp.flip, flipped, plain) if grp.any_flip else plain()
 
     if io is None or not grp.any_io:
         return hidden()
-    return _where(grp.inp, lambda: io[0](aug(x)),
-                  lambda: _where(grp.out, lambda: io[-1](aug(x)), hidden))
+    return _where(grp.inp, lambda: apply(io[0], x),
+                  lambda: _where(grp.out, lambda: apply(io[-1], x), hidden))
 
 
 def scale_eq_rows(mod: ScaleEq, x: Tensor, grp: Grp, eps: float, sign_canon: str) -> Tensor:
@@ -392,7 +462,7 @@ def scale_eq(
             se = edge.square().sum(-1, keepdim=True)
             sq = se if sq is None else se + sq
     assert gp is not None
-    g, pre = gp[..., :d], gp[..., d:]
+    g, pre = gp.split([d, gp.shape[-1] - d], -1)
     if grp.any_norm:
         assert sq is not None
         f = norm_factor(sq, grp, eps)

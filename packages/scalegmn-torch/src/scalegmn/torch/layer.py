@@ -74,6 +74,15 @@ class EdgeBlock:
     to_dst: Fn
 
 
+@dataclass(frozen=True)
+class Need:
+    """What is read of a layer's outputs: node sets `nodes`, edge blocks `edges` (the edge
+    states, and the backward ones with `backward_edge_state`)."""
+
+    nodes: frozenset[int]
+    edges: frozenset[int]
+
+
 class Direction(nn.Module):
     """A message direction: `rescale` (ReScaleEq) and `msg` (ScaleEq)."""
 
@@ -178,7 +187,7 @@ class GMNLayer(nn.Module):
 
     def step(
         self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
-        blocks: list[EdgeBlock], fused: bool = False,
+        blocks: list[EdgeBlock], fused: bool = False, need: Need | None = None,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         """`forward` with the backward edge states `e_b` of `backward_edge_state`.
 
@@ -186,6 +195,10 @@ class GMNLayer(nn.Module):
             h, e, grp, blocks, fused: as `forward`.
             e_b: backward edge states per block (`None`: the same as `e`); ignored without
                 `backward_edge_state`.
+            need: the outputs read afterwards (`None`: all). The layer then computes only
+                what they depend on (`live_sets`); the other node sets and edge blocks keep
+                their input states (which nobody reads). Ignored with dropout inside the MLPs
+                in training mode, where skipped work would shift the random stream.
 
         Returns:
             The new node states, edge states and backward edge states (`None` without
@@ -195,13 +208,40 @@ class GMNLayer(nn.Module):
             e_b = None
         elif e_b is None:
             e_b = e
+        if need is not None and self.cfg.dropout > 0 and self.training:
+            need = None
+        upd: frozenset[int] | None = None
+        edges: frozenset[int] | None = None
+        if need is not None:
+            upd, edges = self.live_sets(need, blocks), need.edges
         if fused:
             agg_f, agg_b = self._messages_fused(h, e, grp, blocks)
-            gammas: list[Tensor] = []
-            gammas_b: list[Tensor] = []
+            gammas: list[Tensor | None] = []
+            gammas_b: list[Tensor | None] = []
         else:
-            agg_f, agg_b, gammas, gammas_b = self._messages(h, e, e_b, grp, blocks)
-        return self._update(h, e, e_b, grp, blocks, agg_f, agg_b, gammas, gammas_b, fused)
+            agg_f, agg_b, gammas, gammas_b = self._messages(h, e, e_b, grp, blocks, upd, edges)
+        return self._update(h, e, e_b, grp, blocks, agg_f, agg_b, gammas, gammas_b, fused, upd,
+                            edges)
+
+    def live_sets(self, need: Need, blocks: list[EdgeBlock]) -> frozenset[int]:
+        """The node sets whose update `need` depends on: the read ones and, with an edge
+        update, the ends of the read edge blocks (unless it reads the input states)."""
+        upd = set(need.nodes)
+        if self.edge is not None and not self.head_out:
+            for b in need.edges:
+                upd |= {blocks[b].s, blocks[b].t}
+        return frozenset(upd)
+
+    def need_before(self, need: Need, blocks: list[EdgeBlock]) -> Need:
+        """The inputs of this layer that its outputs `need` read (for the layer before it)."""
+        upd = self.live_sets(need, blocks)
+        nodes, edges = set(upd), set(need.edges)
+        for b, blk in enumerate(blocks):
+            if blk.t in upd or (self.bwd is not None and blk.s in upd) or (
+                    self.head_out and self.edge is not None and b in need.edges):
+                nodes |= {blk.s, blk.t}
+                edges.add(b)
+        return Need(frozenset(nodes), frozenset(edges))
 
     def fusable(self) -> bool:
         """Whether the configuration has the fused kernels' shape of MLPs (and no new option)."""
@@ -252,7 +292,9 @@ class GMNLayer(nn.Module):
         """
         cfg = self.cfg
         d = cfg.d_hidden
-        r = blk.src(F.linear(hs, self.fwd.rescale.a.weight)) * y[..., :d]
+        # `y` may be just the `b e` columns (`_messages` splits `edge_linear`): no slice then
+        # (a slice's gradient is a zero-filled buffer of the full width)
+        r = blk.src(F.linear(hs, self.fwd.rescale.a.weight)) * (y if y.shape[-1] == d else y[..., :d])
         return scale_eq(self.fwd.msg, ht if cfg.message_receiver else None, blk.dst, r,
                         gt.map(blk.dst), cfg.norm_eps, cfg.sign_canon)
 
@@ -307,8 +349,8 @@ class GMNLayer(nn.Module):
             inv = scale_inv(mod.inv, hk, g, cfg.norm_eps, cfg.sign_canon != "canonicalize")
         return F.linear(inv, w1[:, :d]), F.linear(inv, w1[:, d:])
 
-    def update_edge(self, eb: Tensor, gamma: Tensor, pre: Tensor, mod: EdgeUpdate | None = None
-                    ) -> Tensor:
+    def update_edge(self, eb: Tensor, gamma: Tensor, pre: Tensor, mod: EdgeUpdate | None = None,
+                    biased: bool = False) -> Tensor:
         """Edge update `(gamma e) * MLP([ScaleInv(h_j), ScaleInv(h_i)])` (plus the skip).
 
         Args:
@@ -316,38 +358,53 @@ class GMNLayer(nn.Module):
             gamma: `gamma e`, the last `d_gamma` columns of `edge_linear`.
             pre: the source half plus the target half of `edge_inputs` on each edge.
             mod: the edge update (default `edge`; `edge_bwd` for the backward state).
+            biased: `pre` includes the bias of the MLP's first Linear.
         """
         mod = self.edge if mod is None else mod
         assert mod is not None
-        out = gamma * mod.mlp.tail(pre)
+        out = gamma * mod.mlp.tail(pre, biased=biased)
         return out + eb if self.skip_on else out
 
     def _messages(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None,
-                  grp: list[Grp], blocks: list[EdgeBlock]
-                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor], list[Tensor]]:
+                  grp: list[Grp], blocks: list[EdgeBlock], upd: frozenset[int] | None = None,
+                  edges: frozenset[int] | None = None
+                  ) -> tuple[list[Tensor | None], list[Tensor | None], list[Tensor | None],
+                             list[Tensor | None]]:
         d = self.cfg.d_hidden
-        n_g = self.d_gamma
         agg_f: list[Tensor | None] = [None] * len(h)
         agg_b: list[Tensor | None] = [None] * len(h)
-        gammas: list[Tensor] = []
-        gammas_b: list[Tensor] = []
+        gammas: list[Tensor | None] = [None] * len(blocks)
+        gammas_b: list[Tensor | None] = [None] * len(blocks)
         for k, (blk, eb) in enumerate(zip(blocks, e, strict=True)):
+            # only the messages into the updated sets `upd`, the edge updates of `edges`
+            live_f = upd is None or blk.t in upd
+            live_b = self.bwd is not None and (upd is None or blk.s in upd)
+            live_e = self.edge is not None and (edges is None or k in edges)
+            if not (live_f or live_b or live_e):
+                continue
+            # one product for the edge-side Linears, split into its parts (whose gradients
+            # are then concatenated, not each zero-filled to the full width)
             y = self.edge_linear(eb)
+            n_b = d if self.bwd is not None and not self.bes else 0
+            ys = y.split([d, n_b, y.shape[-1] - d - n_b], -1)
             hs, ht = h[blk.s], h[blk.t]
-            m = self.message_fwd(hs, ht, y, blk, grp[blk.t])
-            agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
-            if self.bwd is not None:
+            if live_f:
+                m = self.message_fwd(hs, ht, ys[0], blk, grp[blk.t])
+                agg_f[blk.t] = _add(agg_f[blk.t], blk.to_dst(m))
+            if self.bwd is not None and (live_b or (live_e and self.edge_bwd is not None)):
                 if e_b is not None:
                     yb = self.edge_linear_bwd(e_b[k])
                     if self.edge_bwd is not None:
-                        gammas_b.append(yb[..., d:])
-                    yb = yb[..., :d]
+                        yb, gam_b = yb.split([d, yb.shape[-1] - d], -1)
+                        if live_e:
+                            gammas_b[k] = gam_b
                 else:
-                    yb = y[..., d : 2 * d]
-                mb = self.message_bwd(hs, ht, yb, blk, grp[blk.s], grp[blk.t])
-                agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
-            if self.edge is not None:
-                gammas.append(y[..., y.shape[-1] - n_g:])
+                    yb = ys[1]
+                if live_b:
+                    mb = self.message_bwd(hs, ht, yb, blk, grp[blk.s], grp[blk.t])
+                    agg_b[blk.s] = _add(agg_b[blk.s], blk.to_src(mb))
+            if live_e:
+                gammas[k] = ys[2]
         return agg_f, agg_b, gammas, gammas_b
 
     def _messages_fused(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
@@ -399,11 +456,15 @@ class GMNLayer(nn.Module):
 
     def _update(self, h: list[Tensor], e: list[Tensor], e_b: list[Tensor] | None, grp: list[Grp],
                 blocks: list[EdgeBlock], agg_f: list[Tensor | None], agg_b: list[Tensor | None],
-                gammas: list[Tensor], gammas_b: list[Tensor], fused: bool
+                gammas: list[Tensor | None], gammas_b: list[Tensor | None], fused: bool,
+                upd: frozenset[int] | None = None, edges: frozenset[int] | None = None
                 ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         cfg = self.cfg
         new_h = []
         for k, hk in enumerate(h):
+            if upd is not None and k not in upd:
+                new_h.append(hk)  # not read afterwards (see `step`)
+                continue
             agg = [_or_zeros(agg_f[k], hk)]
             if self.bwd is not None:
                 agg.append(_or_zeros(agg_b[k], hk))
@@ -421,10 +482,14 @@ class GMNLayer(nn.Module):
                 fz.EdgeUpdateFn.apply(cfg.mlp_activation, cfg.skip_connections, eb, p_src[blk.s],
                                       p_dst[blk.t], self.edge.gamma.weight, lin0.bias,
                                       lin1.weight, lin1.bias)
-                for blk, eb in zip(blocks, e, strict=True)
+                if edges is None or k in edges else eb  # eb: not read afterwards
+                for k, (blk, eb) in enumerate(zip(blocks, e, strict=True))
             ], e_b
+        # the first Linear's bias joins the target halves once per node, not once per edge
+        b1 = self.edge.mlp.linear(0).bias
         new_e = [
-            self.update_edge(eb, gam, blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t]))
+            eb if gam is None else  # not read afterwards (see `step`)
+            self.update_edge(eb, gam, blk.src(p_src[blk.s]) + blk.dst(p_dst[blk.t] + b1), biased=True)
             for blk, eb, gam in zip(blocks, e, gammas, strict=True)
         ]
         if self.edge_bwd is None or e_b is None:
@@ -432,8 +497,11 @@ class GMNLayer(nn.Module):
         eb_mod = self.edge_bwd
         q_src, q_dst = zip(*(self.edge_inputs(hk, g, eb_mod) for hk, g in zip(h_e, grp, strict=True)),
                            strict=True)
+        b1 = eb_mod.mlp.linear(0).bias
         new_b = [
-            self.update_edge(eb, gam, blk.src(q_src[blk.s]) + blk.dst(q_dst[blk.t]), eb_mod)
+            eb if gam is None else
+            self.update_edge(eb, gam, blk.src(q_src[blk.s]) + blk.dst(q_dst[blk.t] + b1), eb_mod,
+                             biased=True)
             for blk, eb, gam in zip(blocks, e_b, gammas_b, strict=True)
         ]
         return new_h, new_e, new_b

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .batch import BatchError, DenseGraphs, Graphs, SparseGraphs, from_pyg
 from .blocks import MLP, general_inv, scale_inv
 from .groups import Grp, effective_codes, effective_const
-from .layer import EdgeBlock, GMNLayer, has_rho
+from .layer import EdgeBlock, GMNLayer, Need, has_rho
 
 _PE_NOISE = 0.01
 
@@ -257,12 +257,16 @@ class ScaleGMN(nn.Module):
 
     def _run(self, h: list[Tensor], e: list[Tensor], grp: list[Grp],
              blocks: list[EdgeBlock], fused: bool) -> tuple[list[Tensor], list[Tensor]]:
+        """The layers. Each computes only what the head reads in the end (`_head_sets`; the
+        one node set of the disjoint-union layout is always read)."""
+        needs = self._needs(len(h) - 1, blocks)
         fused = (fused and all(isinstance(g.norm, bool) for g in grp)
                  and all(isinstance(g.flip, bool) for g in grp))
         p = self.config.layer_dropout
         e_b: list[Tensor] | None = None
-        for layer in self._layers():
-            h, e, e_b = layer.step(h, e, e_b, grp, blocks, fused=fused and layer.fusable())
+        for t, layer in enumerate(self._layers()):
+            h, e, e_b = layer.step(h, e, e_b, grp, blocks, fused=fused and layer.fusable(),
+                                   need=needs[t])
             if p > 0 and self.training:
                 h = [F.dropout(hk, p, True) for hk in h]
         return h, e
@@ -343,6 +347,28 @@ class ScaleGMN(nn.Module):
         else:
             out = torch.cat([hidden, h[0].sum(1), h[L].sum(1)], -1)
         return self._readout_mlp()(out)
+
+    def _head_sets(self, L: int) -> frozenset[int] | None:
+        """The graph layers whose final node states the head reads (`None`: all of them)."""
+        cfg = self.config
+        if cfg.head == "invariant" and cfg.readout == "last_layer":
+            return frozenset({L})
+        if cfg.head == "invariant" and cfg.readout == "io_nodes":
+            return frozenset({0, L})
+        return None
+
+    def _needs(self, L: int, blocks: list[EdgeBlock]) -> list[Need | None]:
+        """What each layer's outputs must hold for the head (`None`: everything)."""
+        layers = list(self._layers())
+        sets = self._head_sets(L)
+        if sets is None:
+            return [None] * len(layers)
+        need = Need(sets, frozenset())
+        out: list[Need | None] = []
+        for layer in reversed(layers):
+            out.append(need)
+            need = layer.need_before(need, blocks)
+        return out[::-1]
 
     def _pos_dense(self, k: int, L: int, n: int) -> Tensor:
         """The positional vectors of graph layer `k` (`positional_features`): `[n or 1, d]`."""
