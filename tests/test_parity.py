@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,6 +16,10 @@ sgt = pytest.importorskip("scalegmn.torch")
 sgj = pytest.importorskip("scalegmn.jax")
 
 import jax.numpy as jnp  # noqa: E402
+
+# the option strategy of the torch tests (one definition of what a valid draw is)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "scalegmn-torch" / "tests"))
+from torch_testutil import option_config, options  # noqa: E402
 
 from scalegmn.weightgraph import NetworkSpec, ScaleGMNConfig, random_network  # noqa: E402
 
@@ -83,42 +90,11 @@ def _check_same(cfg: ScaleGMNConfig, kind: str, seed: int) -> None:
             assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.abs(a).max())
 
 
-new_options = st.fixed_dictionaries({
-    "symmetry": st.sampled_from(["auto", "hetero", "scale", "sign"]),
-    "bidirectional": st.booleans(),
-    "message_receiver": st.booleans(),
-    "layer_norm": st.booleans(),
-    "sign_canon": st.sampled_from(["symmetrize", "canonicalize", "symmetrize_phi"]),
-    "io_mlps": st.sampled_from([0, 1, 2]),
-    "edge_inv": st.sampled_from(["mlp", "canon"]),
-    "skip_linear": st.booleans(),
-    "readout": st.sampled_from(["full_graph", "last_layer", "io_nodes"]),
-    "readout_io": st.sampled_from(["sum", "ordered"]),
-    "backward_edge_state": st.booleans(),
-    "positional_features": st.booleans(),
-    "per_group_inv": st.booleans(),
-    "edge_positional_encoding": st.booleans(),
-    "head": st.sampled_from(["invariant", "equivariant"]),
-    "head_in_last_layer": st.booleans(),
-})
-
-
-def _options_config(kw: dict) -> ScaleGMNConfig:
-    """A valid small configuration from a draw of `new_options` (dropping what does not fit)."""
-    kw = dict(kw)
-    kw["backward_edge_state"] &= kw["bidirectional"]
-    kw["per_group_inv"] &= kw["symmetry"] in ("auto", "hetero")
-    kw["head_in_last_layer"] &= kw["head"] == "equivariant"
-    if kw["readout"] != "full_graph":
-        kw["readout_io"] = "sum"
-    return ScaleGMNConfig(d_hidden=5, mlp_hidden=4, n_layers=2, d_out=3, d_edge_in=9, **kw)
-
-
 @settings(max_examples=20, deadline=None)
-@given(kw=new_options, kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 1000))
+@given(kw=options, kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 1000))
 def test_the_new_options_have_the_same_names_and_outputs(kw, kind, seed):
     # The original implementation's pieces (io MLPs, phi(rho), io readouts, ...), loaded by name.
-    _check_same(_options_config(kw), kind, seed)
+    _check_same(option_config(kw), kind, seed)
 
 @pytest.mark.parametrize(("name", "readout"), [("readout.rho.lin.0.weight", "full_graph"),
                                                ("layers.0.upd.io.0.lin.0.weight", "io_nodes"),
@@ -126,12 +102,9 @@ def test_the_new_options_have_the_same_names_and_outputs(kw, kind, seed):
                                                ("readout.proj_in.weight", "io_nodes")])
 def test_control_a_new_parameter_that_is_not_read_breaks_parity(name, readout):
     # Negative control: if JAX ignored one of the new parameters, the parity check would see it.
-    cfg = _options_config({"symmetry": "sign", "bidirectional": True, "message_receiver": False,
-                           "layer_norm": True, "sign_canon": "symmetrize_phi", "io_mlps": 1,
-                           "edge_inv": "mlp", "skip_linear": True, "readout": readout, "readout_io": "sum",
-                           "backward_edge_state": False, "positional_features": False, "per_group_inv": False,
-                           "edge_positional_encoding": True, "head": "invariant", "head_in_last_layer": False})
-    cfg = cfg.model_copy(update={"input_node_value": 1.0})
+    cfg = ScaleGMNConfig(d_hidden=5, mlp_hidden=4, n_layers=2, d_out=3, d_edge_in=9, symmetry="sign",
+                         bidirectional=True, message_receiver=False, layer_norm=True, sign_canon="symmetrize_phi",
+                         io_mlps=1, skip_linear=True, readout=readout, input_node_value=1.0)
     tm, _ = _pair(cfg, 0)
     params = {k: jnp.asarray(v.detach().numpy()) for k, v in tm.state_dict().items()}
     params[name] = params[name] * 1.5
