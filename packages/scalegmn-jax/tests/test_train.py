@@ -16,6 +16,7 @@ from scalegmn.jax import (
     make_optimizer,
     make_train_step,
     warmup_constant,
+    warmup_cosine,
 )
 from scalegmn.weightgraph import Network, NetworkSpec, random_network
 
@@ -36,6 +37,14 @@ def test_schedule_warms_up_linearly_then_stays():
     s = warmup_constant(1e-3, 4)
     np.testing.assert_allclose([float(s(k)) for k in range(6)], [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert float(warmup_constant(1e-3, 0)(0)) == pytest.approx(1e-3)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    s = warmup_cosine(1e-3, 4, 20)
+    want = [1e-3 * min(1.0, (k + 1) / 4) if k < 4 else 1e-3 * 0.5 * (1 + np.cos(np.pi * min(k - 4, 16) / 16))
+            for k in range(22)]
+    np.testing.assert_allclose([float(s(k)) for k in range(22)], want, rtol=1e-6, atol=1e-12)
+    assert float(s(20)) == pytest.approx(0.0, abs=1e-12) and float(s(12)) == pytest.approx(5e-4)
 
 
 def test_loss_decreases():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -74,8 +75,9 @@ def _state(path):
     return load_file(str(path / STATE_FILE))
 
 
-def test_a_killed_run_resumes_exactly(tiny_zoo, tmp_path):
-    cfg = _small(tiny_zoo)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_killed_run_resumes_exactly(tiny_zoo, tmp_path, schedule):
+    cfg = _small(tiny_zoo, lr_schedule=schedule)
     full = train_run(cfg, out=tmp_path / "full", progress=False)
 
     def kill(row):
@@ -97,6 +99,40 @@ def test_a_killed_run_resumes_exactly(tiny_zoo, tmp_path):
     # the best model of the run reproduces the reported test metric
     value, metric = evaluate_run(tmp_path / "part", "test")
     assert metric == "accuracy" and value == pytest.approx(resumed["test"])
+
+
+def test_the_schedule_of_a_run_follows_lr_factor_to_its_end(tiny_zoo, tmp_path):
+    """The learning rate of the run's last step is lr * lr_factor: 0 for the cosine, lr for the constant.
+
+    Both runs share everything else; their losses part after the warm-up (the schedule is read).
+    """
+    from scalegmn.tasks.run.config import lr_factor
+    from scalegmn.tasks.run.folder import load_state
+
+    runs = {}
+    for schedule in ("constant", "cosine"):
+        cfg = _small(tiny_zoo, lr_schedule=schedule, lr=1e-2)
+        runs[schedule] = train_run(cfg, out=tmp_path / schedule, progress=False)
+        _, info = load_state(tmp_path / schedule / STATE_FILE)
+        sched = info["backend"]["sched"]
+        total = sched["last_epoch"]  # LambdaLR counts the steps taken
+        assert total == cfg.epochs * -(-runs[schedule]["n_train"] // cfg.batch_size)
+        assert sched["_last_lr"][0] == pytest.approx(1e-2 * lr_factor(total, 2, total, schedule), abs=1e-15)
+    assert runs["cosine"]["history"][-1]["loss"] != runs["constant"]["history"][-1]["loss"]
+    assert lr_factor(3, 2, 10, "cosine") < 1.0 == lr_factor(3, 2, 10, "constant")
+
+
+def test_lr_factor_warms_up_then_decays_to_zero():
+    from scalegmn.tasks.run.config import lr_factor
+
+    warm = [lr_factor(s, 4, 20, "cosine") for s in range(4)]
+    assert warm == [0.25, 0.5, 0.75, 1.0]
+    decay = [lr_factor(s, 4, 20, "cosine") for s in range(4, 21)]
+    assert decay[0] == 1.0 and decay[-1] == pytest.approx(0.0, abs=1e-15)
+    assert decay[8] == pytest.approx(0.5)  # halfway through the decay
+    assert all(a > b for a, b in itertools.pairwise(decay))
+    assert [lr_factor(s, 0, 5, "cosine") for s in (0, 5)] == [1.0, pytest.approx(0.0, abs=1e-15)]
+    assert {lr_factor(s, 4, 20) for s in range(3, 40)} == {1.0}
 
 
 def test_resume_without_state_differs(tiny_zoo, tmp_path):

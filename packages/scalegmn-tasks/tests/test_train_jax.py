@@ -194,3 +194,31 @@ def test_two_devices_follow_the_one_device_run(tiny_zoo, tmp_path):
     for k in a:
         if k.startswith("model."):
             np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_jax_schedule_is_the_torch_schedule(schedule):
+    """The optax schedule of each `lr_schedule` gives `lr * lr_factor` at every step (torch's LambdaLR)."""
+    import optax
+
+    from scalegmn.jax import make_optimizer
+    from scalegmn.tasks.run.config import lr_factor
+
+    opt = make_optimizer(lr=1.0, weight_decay=0.0, warmup_steps=3, clip_norm=None, lr_schedule=schedule,
+                         total_steps=11)
+    params = {"w": np.zeros(1, np.float32)}
+    state = opt.init(params)
+    seen = []
+    for _ in range(13):  # past the end: the cosine stays at 0
+        # plain AdamW at step t moves a parameter by lr_t * m_hat / (sqrt(v_hat) + eps) = lr_t for gradient 1
+        upd, state = opt.update({"w": np.ones(1, np.float32)}, state, params)
+        seen.append(-float(optax.apply_updates(params, upd)["w"][0]))
+    want = [lr_factor(s, 3, 11, schedule) for s in range(13)]
+    np.testing.assert_allclose(seen, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_cosine_schedule_without_total_steps_is_refused():
+    from scalegmn.jax import make_optimizer
+
+    with pytest.raises(ValueError, match="total_steps"):
+        make_optimizer(lr_schedule="cosine")

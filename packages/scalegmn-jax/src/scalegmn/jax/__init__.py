@@ -11,7 +11,14 @@ from .batch import DenseGraphBatch, GraphBatch, collate
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model import ScaleGMN, forward, init_params, param_shapes
 from .parallel import DATA_AXIS, ShardedBatch, make_mesh, replicate, shard_batch
-from .train import TrainStep, init_optimizer, make_optimizer, make_train_step, warmup_constant
+from .train import (
+    TrainStep,
+    init_optimizer,
+    make_optimizer,
+    make_train_step,
+    warmup_constant,
+    warmup_cosine,
+)
 
 __all__ = [
     "DATA_AXIS",
@@ -35,4 +42,5 @@ __all__ = [
     "save_checkpoint",
     "shard_batch",
     "warmup_constant",
+    "warmup_cosine",
 ]

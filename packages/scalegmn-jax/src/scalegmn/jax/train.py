@@ -1,8 +1,8 @@
 """Training with optax: the paper's optimiser and a compiled training step.
 
 The protocol is the one of `scalegmn.tasks.train` (torch): AdamW, a learning rate that
-rises linearly over `warmup_steps` and then stays constant, gradients clipped by their
-global norm. The step is a pure function of (model, optimiser state, batch, labels, key).
+rises linearly over `warmup_steps` and then stays constant (or follows a half cosine to 0),
+gradients clipped by their global norm. The step is a pure function of (model, optimiser state, batch, labels, key).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .batch import DenseGraphBatch, GraphBatch
 from .model import ScaleGMN
 from .parallel import ShardedBatch
 
-__all__ = ["TrainStep", "init_optimizer", "make_optimizer", "make_train_step", "warmup_constant"]
+__all__ = ["TrainStep", "init_optimizer", "make_optimizer", "make_train_step", "warmup_constant", "warmup_cosine"]
 
 LossFn = Callable[[Any, Any], Float[Array, " B"]]
 """A per-example loss: `(outputs, labels) -> [B]`; outputs `[B, d_out]` (invariant head) or
@@ -45,9 +45,24 @@ def warmup_constant(lr: float, warmup_steps: int) -> optax.Schedule:
     return schedule
 
 
+def warmup_cosine(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """`warmup_constant` for the warm-up, then `optax.cosine_decay_schedule` from `lr` to 0
+    at step `total_steps` (the tasks' `lr_schedule="cosine"`, as `LambdaLR` gives it in torch).
+
+    Args:
+        lr: the learning rate at the end of the warm-up.
+        warmup_steps: steps of the linear rise (0: the cosine starts at the first step).
+        total_steps: the run's optimiser steps.
+    """
+    cosine = optax.cosine_decay_schedule(lr, max(int(total_steps) - int(warmup_steps), 1))
+    return optax.join_schedules([warmup_constant(lr, warmup_steps), cosine], [int(warmup_steps)])
+
+
 def make_optimizer(lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 0,
-                   clip_norm: float | None = 10.0) -> optax.GradientTransformation:
-    """AdamW with a linear warm-up then a constant rate, after global-norm gradient clipping.
+                   clip_norm: float | None = 10.0, lr_schedule: Literal["constant", "cosine"] = "constant",
+                   total_steps: int = 0) -> optax.GradientTransformation:
+    """AdamW with a linear warm-up, then a constant or cosine-decayed rate, after global-norm
+    gradient clipping.
 
     Args:
         lr: learning rate after the warm-up.
@@ -55,11 +70,22 @@ def make_optimizer(lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: i
             `torch.optim.AdamW` does by default).
         warmup_steps: steps of the linear warm-up.
         clip_norm: maximum global gradient norm (`None`: no clipping).
+        lr_schedule: `"constant"` after the warm-up, or `"cosine"` (`warmup_cosine`) down to 0
+            at `total_steps`.
+        total_steps: the run's optimiser steps (read by `"cosine"` only).
 
     Returns:
         An optax transformation; initialise it with `init_optimizer(optimizer, model)`.
     """
-    adamw = optax.adamw(warmup_constant(lr, warmup_steps), weight_decay=weight_decay)
+    if lr_schedule == "cosine":
+        if total_steps < 1:
+            raise ValueError(f"lr_schedule='cosine' needs the run's total_steps (>= 1); got {total_steps}")
+        schedule = warmup_cosine(lr, warmup_steps, total_steps)
+    elif lr_schedule == "constant":
+        schedule = warmup_constant(lr, warmup_steps)
+    else:
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; got {lr_schedule!r}")
+    adamw = optax.adamw(schedule, weight_decay=weight_decay)
     if clip_norm is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)

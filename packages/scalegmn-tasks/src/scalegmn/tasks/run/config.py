@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,9 +33,13 @@ class LoopConfig(BaseModel):
     """The optimisation settings every run shares (the paper's protocol).
 
     Attributes:
-        lr: AdamW learning rate (constant after the warm-up).
+        lr: AdamW learning rate (reached at the end of the warm-up).
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps.
+        lr_schedule: after the warm-up, `"constant"` keeps `lr`; `"cosine"` lowers it along a
+            half cosine to 0 at the end of the run (the step after the last), i.e.
+            `lr * (1 + cos(pi * (s - warmup_steps) / (total - warmup_steps))) / 2` at step
+            `s` of `total = epochs * steps per epoch` (`lr_factor`).
         grad_clip: gradient norm clipping.
         batch_size: networks per step.
         epochs: passes over the (possibly truncated) train split.
@@ -59,6 +64,7 @@ class LoopConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_steps: int = Field(default=100, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = Field(default=10.0, gt=0)
     batch_size: int = Field(default=32, ge=1)
     epochs: int = Field(default=10, ge=1)
@@ -77,6 +83,34 @@ class LoopConfig(BaseModel):
                 "trains in float32: use backend='torch' or precision='float32'"
             )
         return self
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "constant") -> float:
+    """The learning rate of optimiser step `step` (0-based) as a fraction of `lr`.
+
+    A linear warm-up `(step + 1) / warmup_steps` to 1, then 1 (`"constant"`) or a half
+    cosine from 1 at step `warmup_steps` to 0 at step `total_steps` (`"cosine"`). Both
+    backends follow it: torch through `LambdaLR`, JAX through an optax schedule.
+
+    Args:
+        step: the optimiser step.
+        warmup_steps: steps of the linear rise (0: none).
+        total_steps: the run's optimiser steps (`epochs * steps per epoch`).
+        schedule: `"constant"` or `"cosine"`.
+
+    Example:
+        ```python
+        from scalegmn.tasks.run.config import lr_factor
+
+        print([round(lr_factor(s, 2, 10, "cosine"), 3) for s in range(10)])
+        # [0.5, 1.0, 1.0, 0.962, 0.854, 0.691, 0.5, 0.309, 0.146, 0.038]
+        ```
+    """
+    warm = max(warmup_steps, 1)
+    if step < warmup_steps or schedule == "constant":
+        return min(1.0, (step + 1) / warm)
+    span = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
 
 
 def data_label(data: Any) -> str:

@@ -114,7 +114,8 @@ def run_protocol(
         data = task.load()
         if folder is not None:
             folder.write_config(spec.config)
-        backend = backend_cls(spec.model, task, data.n_params, rank, world)
+        total = loop.epochs * math.ceil(len(data.splits["train"][0]) / loop.batch_size)
+        backend = backend_cls(spec.model, task, data.n_params, rank, world, total_steps=total)
         return _train(spec, task, data, backend, folder, has_state, resume, log_path, progress, on_epoch)
 
 

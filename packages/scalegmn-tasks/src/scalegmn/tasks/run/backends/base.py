@@ -43,6 +43,8 @@ class Backend(ABC):
         n_params: parameters of one input network (the MLP baseline's input size).
         rank: this process's rank.
         world: the number of processes.
+        total_steps: the run's optimiser steps (`epochs * steps per epoch`), which the
+            learning-rate schedule spans (`lr_factor`).
     """
 
     name: str
@@ -68,7 +70,8 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int) -> None: ...
+    def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int,
+                 total_steps: int = 0) -> None: ...
 
     @abstractmethod
     def train_mode(self) -> None:

@@ -211,7 +211,8 @@ class JaxBackend(Backend):
             raise TrainError(f"device={device!r} but JAX sees no GPU (devices: {jax.devices()}); "
                              f"use device='cpu' or 'auto', or install jax with CUDA support")
 
-    def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int) -> None:
+    def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int,
+                 total_steps: int = 0) -> None:
         import equinox as eqx
         import jax
         import jax.numpy as jnp
@@ -223,9 +224,10 @@ class JaxBackend(Backend):
         self._model = self.family.build(setup, n_params)
         loop = setup.loop
         key = (setup.kind.family, setup.gmn.model_dump_json(), setup.mlp_hidden, loop.lr, loop.weight_decay,
-               loop.warmup_steps, loop.grad_clip, task.cache_key())
+               loop.warmup_steps, loop.grad_clip, loop.lr_schedule, total_steps, task.cache_key())
         if key not in _STEPS:
-            optimizer = make_optimizer(loop.lr, loop.weight_decay, loop.warmup_steps, clip_norm=loop.grad_clip)
+            optimizer = make_optimizer(loop.lr, loop.weight_decay, loop.warmup_steps, clip_norm=loop.grad_clip,
+                                       lr_schedule=loop.lr_schedule, total_steps=max(total_steps, 1))
             step = (make_train_step(setup.gmn, optimizer, task.jax_loss) if self.family.shardable
                     else _mlp_step(optimizer, task.jax_loss))
             _STEPS[key] = (optimizer, step)

@@ -8,6 +8,7 @@ scaled by `world / batch` so that the gradient DDP averages is the single-proces
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from scalegmn.weightgraph import Network
 from scalegmn.weightgraph.io import atomic_write
 
 from ...distributed import barrier, init_distributed
-from ..config import NonFiniteError, TrainError
+from ..config import NonFiniteError, TrainError, lr_factor
 from ..tasks import Task
 from .base import Backend, ModelSetup
 
@@ -158,7 +159,8 @@ class TorchBackend(Backend):
         """`torch.distributed.barrier` when there are several processes."""
         barrier(world)
 
-    def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int) -> None:
+    def __init__(self, setup: ModelSetup, task: Task, n_params: int, rank: int, world: int,
+                 total_steps: int = 0) -> None:
         self.setup, self.task, self.n_params, self.rank, self.world = setup, task, n_params, rank, world
         self.family = FAMILIES[setup.kind.family]
         self.device = resolve_device(setup.loop.device)
@@ -169,8 +171,9 @@ class TorchBackend(Backend):
             self.net = torch.nn.parallel.DistributedDataParallel(self._model, device_ids=ids)
         loop = setup.loop
         self.opt = torch.optim.AdamW(self._model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-        warm = max(loop.warmup_steps, 1)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, functools.partial(lr_factor, warmup_steps=loop.warmup_steps, total_steps=total_steps,
+                                        schedule=loop.lr_schedule))
         self.target_dtype = getattr(torch, task.torch_target_dtype)
         self._eval: dict[str, list[tuple[Any, np.ndarray]]] = {}
         self._best: dict[str, torch.Tensor] | None = None
