@@ -56,7 +56,8 @@ def build_inr(
     widths: Annotated[str, typer.Option(help="SIREN widths, comma separated.")] = "2,32,32,1",
     w0: Annotated[float, typer.Option(help="Sine frequency.")] = 30.0,
     output_offset: Annotated[float, typer.Option(help="Added to the output (DWS: 0.5).")] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="INRs fitted together per process.")] = 32,
+    batch_size: Annotated[int | None, typer.Option(
+        help="INRs fitted together per process (default: 8 with --compile, else 32).")] = None,
     shard_size: Annotated[int, typer.Option(help="INRs per shard file (unit of resume).")] = 256,
     val_fraction: Annotated[float, typer.Option(help="Fraction in the val split.")] = 0.1,
     test_fraction: Annotated[float, typer.Option(help="Fraction in the test split (unless the source has an official test set).")] = 0.1,

@@ -94,7 +94,8 @@ class INRZooOptions(BaseModel):
         psnr_stop: a network stops at the first step it reaches this PSNR in dB (None: the
             recipe's).
         batch_size: networks fitted together in one stacked tensor (finished ones are
-            replaced by pending ones, so the shape stays fixed).
+            replaced by pending ones, so the shape stays fixed). None: 8 with `compile`
+            (the activations stay in the core's cache), else 32. The fits do not depend on it.
         shard_size: networks per shard file (the unit of resume).
         val_fraction: fraction of networks in the val split.
         test_fraction: fraction in the test split (a source's official test set, if it has
@@ -113,7 +114,7 @@ class INRZooOptions(BaseModel):
     steps: int | None = Field(default=None, ge=0)
     lr: float | None = Field(default=None, gt=0)
     psnr_stop: float | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
     shard_size: int = Field(default=256, ge=1)
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
     test_fraction: float = Field(default=0.1, ge=0, lt=1)
@@ -249,7 +250,7 @@ def _inr_worker(root: str, task: ShardTask, options: dict[str, Any], report: Pro
     b_init = [np.stack([ini[1][i] for ini in inits]) for i in range(L)]
     res = fit_sirens(x, w_init, b_init, opts.steps, w0=opts.w0, output_offset=opts.output_offset,
                      lr=opts.lr, compile=opts.compile, psnr_stop=opts.psnr_stop,
-                     batch_size=opts.batch_size, on_done=report)
+                     batch_size=opts.batch_size or (8 if opts.compile else 32), on_done=report)
     columns = {
         "id": np.arange(task.start, task.start + n, dtype=np.int64),
         "target": task.payload["labels"].astype(np.int64),

@@ -5,7 +5,9 @@ and bias `b_l` `(B, out)`. The loss is the sum over networks of each network's m
 error, so the gradient with respect to network b's parameters is the gradient of its own
 loss, and Adam (elementwise) makes exactly the update a separate fit would make. The
 backward pass is written out by hand (no autograd graph), which is what makes a CPU fit
-cheap; `compile=True` additionally fuses it with `torch.compile`.
+cheap; `compile=True` additionally fuses it with `torch.compile` (the narrow first and last
+layers then become broadcast sums that fuse with the sines, and fewer networks per step keep
+the activations in the core's cache: `fit_batch_size`).
 
 With `batch_size` below the number of networks, the stacked tensors are slots: a network
 that is done (it reached the PSNR threshold, or ran every step) leaves its slot to the next
@@ -88,6 +90,52 @@ def siren_init(
     return ws, bs
 
 
+# Under torch.compile, layers this narrow (the 2 coordinates in, the 1-3 channels out) are
+# sums of broadcast products rather than matmuls: a batched matmul with an inner or outer size
+# of 1-3 runs far below the machine's rate, and as sums the compiled step fuses them with the
+# sines around them. Eager, the matmuls are faster (no large temporaries).
+_NARROW = 4
+
+
+def _narrow(n: int) -> bool:
+    return n <= _NARROW and torch.compiler.is_compiling()
+
+
+def _affine(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """`h @ w + b` for `h` `(B or 1, P, n_in)`, `w` `(B, n_in, n_out)`, `b` `(B, n_out)`."""
+    n_in, n_out = w.shape[1], w.shape[2]
+    if _narrow(n_in):
+        z = b.unsqueeze(1)
+        for i in range(n_in):
+            z = z + h[..., i:i + 1] * w[:, i:i + 1, :]
+        return z
+    if _narrow(n_out):
+        cols = [(h * w[:, :, j].unsqueeze(1)).sum(-1, keepdim=True) for j in range(n_out)]
+        return torch.cat(cols, -1) + b.unsqueeze(1)
+    return torch.matmul(h, w) + b.unsqueeze(1)
+
+
+def _weight_grad(a: Tensor, g: Tensor) -> Tensor:
+    """`a^T @ g` per network, summed over pixels: `(B, n_in, n_out)`."""
+    n_in, n_out = a.shape[-1], g.shape[-1]
+    if _narrow(n_in):
+        return torch.stack([(a[..., i:i + 1] * g).sum(1) for i in range(n_in)], 1)
+    if _narrow(n_out):
+        return torch.stack([(a * g[..., j:j + 1]).sum(1) for j in range(n_out)], -1)
+    return torch.matmul(a.transpose(-1, -2), g)
+
+
+def _input_grad(g: Tensor, w: Tensor) -> Tensor:
+    """`g @ w^T`: the gradient with respect to the layer's input, `(B, P, n_in)`."""
+    n_out = w.shape[2]
+    if _narrow(n_out):
+        z = g[..., 0:1] * w[:, :, 0].unsqueeze(1)
+        for j in range(1, n_out):
+            z = z + g[..., j:j + 1] * w[:, :, j].unsqueeze(1)
+        return z
+    return torch.matmul(g, w.transpose(1, 2))
+
+
 def _step(
     params: list[Tensor], m: list[Tensor], v: list[Tensor], t: Tensor, coords: Tensor,
     target: Tensor, w0: float, offset: float, lr: float, beta1: float, beta2: float, eps: float,
@@ -97,30 +145,29 @@ def _step(
     `t` is `(B,)`: each network's own step number (networks join the batch at different times).
     """
     n_layers = len(params) // 2
-    acts: list[Tensor] = [coords]
+    B = target.shape[0]
+    acts: list[Tensor] = [coords.unsqueeze(0)]
     derivs: list[Tensor] = []
-    h = coords
+    h = acts[0]
     for layer in range(n_layers):
-        w, b = params[2 * layer], params[2 * layer + 1]
-        z = torch.matmul(h, w).add_(b.unsqueeze(1))  # in place: fewer passes over activations
+        z = _affine(h, params[2 * layer], params[2 * layer + 1])
         if layer < n_layers - 1:
-            z.mul_(w0)
+            z = z * w0
             h = torch.sin(z)
-            derivs.append(torch.cos(z).mul_(w0))
+            derivs.append(torch.cos(z) * w0)
         else:
             h = z
         acts.append(h)
-    diff = h.add_(offset).sub_(target)
+    diff = h + offset - target
     per_net = diff.shape[1] * diff.shape[2]
     mse = (diff * diff).sum(dim=(1, 2)) / per_net
-    g = diff.mul_(2.0 / per_net)
+    g = diff * (2.0 / per_net)
     grads: list[Tensor] = [g] * (2 * n_layers)
     for layer in range(n_layers - 1, -1, -1):
-        a = acts[layer]
-        grads[2 * layer] = torch.matmul(a.transpose(-1, -2), g)
+        grads[2 * layer] = _weight_grad(acts[layer] if layer else acts[0].expand(B, -1, -1), g)
         grads[2 * layer + 1] = g.sum(dim=1)
         if layer > 0:
-            g = torch.matmul(g, params[2 * layer].transpose(1, 2)).mul_(derivs[layer - 1])
+            g = _input_grad(g, params[2 * layer]) * derivs[layer - 1]
     bc1 = 1.0 - beta1**t
     bc2 = 1.0 - beta2**t
     new_p, new_m, new_v = [], [], []
