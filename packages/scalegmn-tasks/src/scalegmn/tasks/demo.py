@@ -16,9 +16,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # INRs, fitting steps (None: the DWS recipe's 1,000 with its 40 dB early stop), training
     # epochs of the two graph metanetworks (the MLP gets `mlp_epochs`), and the loop settings
     "quick": {"count": 300, "steps": 100, "epochs": 2, "mlp_epochs": 8, "lr": 1e-3, "warmup_steps": 100,
-              "batch_size": 32},
+              "batch_size": 32, "lr_schedule": "cosine"},
     "full": {"count": 5000, "steps": None, "epochs": 12, "mlp_epochs": 48, "lr": 3e-3, "warmup_steps": 250,
-             "batch_size": 32},
+             "batch_size": 32, "lr_schedule": "cosine"},
 }
 
 
@@ -60,7 +60,7 @@ def run_demo(out: str | Path = "scalegmn-demo", quick: bool = False, workers: in
     # Layer norm inside the MLPs keeps the symmetry and bounds the invariant factors, so the
     # multiplicative blocks do not raise feature scales layer after layer.
     gmn = ScaleGMNConfig(d_hidden=32, n_layers=2, d_out=10, layer_norm=True)
-    loop = {k: preset[k] for k in ("lr", "warmup_steps", "batch_size")}
+    loop = {k: preset[k] for k in ("lr", "warmup_steps", "batch_size", "lr_schedule")}
     runs = {
         "ScaleGMN-B": RunConfig(zoo=str(zoo_dir), model="scalegmn",
                                 gmn=gmn.model_copy(update={"bidirectional": True}), epochs=preset["epochs"],

@@ -102,8 +102,8 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "c
         ```python
         from scalegmn.tasks.run.config import lr_factor
 
-        print([round(lr_factor(s, 2, 10, "cosine"), 3) for s in range(10)])
-        # [0.5, 1.0, 1.0, 0.962, 0.854, 0.691, 0.5, 0.309, 0.146, 0.038]
+        rates = [lr_factor(s, 2, 10, "cosine") for s in range(11)]
+        assert rates[:3] == [0.5, 1.0, 1.0] and rates[10] < 1e-15  # warm-up, then down to 0 at step 10
         ```
     """
     warm = max(warmup_steps, 1)
