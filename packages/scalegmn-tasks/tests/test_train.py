@@ -188,3 +188,17 @@ def test_torchrun_two_processes_match_one(tiny_zoo, tmp_path):
     for k in a:
         if k.startswith("model."):
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_cosine_schedule_without_its_length_is_refused(tiny_zoo):
+    """A backend built without the run's length would decay to 0 right after the warm-up."""
+    from scalegmn.tasks.run.backends.torch import TorchBackend
+    from scalegmn.tasks.run.tasks import zoo_task
+    from scalegmn.tasks.train import model_setup
+
+    cfg = _small(tiny_zoo, lr_schedule="cosine")
+    task = zoo_task(cfg)
+    data = task.load()
+    with pytest.raises(TrainError, match="total_steps"):
+        TorchBackend(model_setup(cfg), task, data.n_params, 0, 1)
+    TorchBackend(model_setup(cfg), task, data.n_params, 0, 1, total_steps=10)  # with it, it builds

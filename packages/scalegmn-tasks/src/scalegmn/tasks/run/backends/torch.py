@@ -171,6 +171,8 @@ class TorchBackend(Backend):
             self.net = torch.nn.parallel.DistributedDataParallel(self._model, device_ids=ids)
         loop = setup.loop
         self.opt = torch.optim.AdamW(self._model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+        if loop.lr_schedule == "cosine" and total_steps < 1:
+            raise TrainError(f"lr_schedule='cosine' needs the run's total_steps (>= 1); got {total_steps}")
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, functools.partial(lr_factor, warmup_steps=loop.warmup_steps, total_steps=total_steps,
                                         schedule=loop.lr_schedule))
