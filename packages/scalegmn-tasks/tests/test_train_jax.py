@@ -214,7 +214,9 @@ def test_the_jax_schedule_is_the_torch_schedule(schedule):
         upd, state = opt.update({"w": np.ones(1, np.float32)}, state, params)
         seen.append(-float(optax.apply_updates(params, upd)["w"][0]))
     want = [lr_factor(s, 3, 11, schedule) for s in range(13)]
-    np.testing.assert_allclose(seen, want, rtol=1e-6, atol=1e-7)
+    # float32 AdamW (without jax_enable_x64): its bias corrections 1 - beta**t round at about
+    # 1e-5 relative; the two schedules differ by 0.04 or more after the warm-up
+    np.testing.assert_allclose(seen, want, rtol=5e-5, atol=1e-6)
 
 
 def test_a_cosine_schedule_without_total_steps_is_refused():

@@ -16,6 +16,7 @@ trains with `scalegmn.jax`, data parallel over the JAX devices.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,8 @@ def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
     backend_cls = get_backend(cfg.backend)
     task = zoo_task(cfg)
     data = task.load()
-    backend = backend_cls(model_setup(cfg), task, data.n_params, 0, 1)
+    backend = backend_cls(model_setup(cfg), task, data.n_params, 0, 1,
+                          total_steps=cfg.epochs * math.ceil(len(data.splits["train"][0]) / cfg.batch_size))
     backend.load_best(run / BEST_DIR)
     nets, ys = data.splits[split]
     return backend.evaluate(split, nets, ys), task.metric

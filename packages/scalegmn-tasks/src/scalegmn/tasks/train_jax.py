@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def evaluate_run_jax(cfg: RunConfig, best: Path, split: str) -> tuple[float, str
     JaxBackend.check_environment()
     task = zoo_task(cfg)
     data = task.load()
-    backend = JaxBackend(model_setup(cfg), task, data.n_params, 0, 1)
+    backend = JaxBackend(model_setup(cfg), task, data.n_params, 0, 1,
+                         total_steps=cfg.epochs * math.ceil(len(data.splits["train"][0]) / cfg.batch_size))
     backend.load_best(Path(best))
     nets, ys = data.splits[split]
     return backend.evaluate(split, nets, ys), task.metric
