@@ -16,7 +16,6 @@ trains with `scalegmn.jax`, data parallel over the JAX devices.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,7 +164,7 @@ def evaluate_run(run: str | Path, split: str = "test") -> tuple[float, str]:
     task = zoo_task(cfg)
     data = task.load()
     backend = backend_cls(model_setup(cfg), task, data.n_params, 0, 1,
-                          total_steps=cfg.epochs * math.ceil(len(data.splits["train"][0]) / cfg.batch_size))
+                          total_steps=cfg.total_steps(len(data.splits["train"][0])))
     backend.load_best(run / BEST_DIR)
     nets, ys = data.splits[split]
     return backend.evaluate(split, nets, ys), task.metric

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ def evaluate_run_jax(cfg: RunConfig, best: Path, split: str) -> tuple[float, str
     task = zoo_task(cfg)
     data = task.load()
     backend = JaxBackend(model_setup(cfg), task, data.n_params, 0, 1,
-                         total_steps=cfg.epochs * math.ceil(len(data.splits["train"][0]) / cfg.batch_size))
+                         total_steps=cfg.total_steps(len(data.splits["train"][0])))
     backend.load_best(Path(best))
     nets, ys = data.splits[split]
     return backend.evaluate(split, nets, ys), task.metric

@@ -75,6 +75,14 @@ class LoopConfig(BaseModel):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     precision: Literal["float32", "bf16"] = "float32"
 
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimiser steps of one epoch over `n_train` training networks (the last batch may be short)."""
+        return math.ceil(n_train / self.batch_size)
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimiser steps of the whole run (what `lr_schedule="cosine"` spans)."""
+        return self.epochs * self.steps_per_epoch(n_train)
+
     @model_validator(mode="after")
     def _precision_backend(self) -> LoopConfig:
         if self.precision == "bf16" and self.backend != "torch":

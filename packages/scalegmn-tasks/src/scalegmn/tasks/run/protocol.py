@@ -114,8 +114,8 @@ def run_protocol(
         data = task.load()
         if folder is not None:
             folder.write_config(spec.config)
-        total = loop.epochs * math.ceil(len(data.splits["train"][0]) / loop.batch_size)
-        backend = backend_cls(spec.model, task, data.n_params, rank, world, total_steps=total)
+        backend = backend_cls(spec.model, task, data.n_params, rank, world,
+                              total_steps=loop.total_steps(len(data.splits["train"][0])))
         return _train(spec, task, data, backend, folder, has_state, resume, log_path, progress, on_epoch)
 
 
@@ -129,7 +129,7 @@ def _train(spec: RunSpec, task: Task, data: Any, backend: Any, folder: RunFolder
     nets, ys = data.splits["train"]
     val_nets, val_ys = data.splits["val"]
     test_nets, test_ys = data.splits["test"]
-    steps_per_epoch = math.ceil(len(nets) / loop.batch_size)
+    steps_per_epoch = loop.steps_per_epoch(len(nets))
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"val": task.worst(), "test": math.nan, "best_epoch": -1}
     start_epoch, seconds_before = 0, 0.0

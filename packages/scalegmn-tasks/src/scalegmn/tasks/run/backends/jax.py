@@ -227,7 +227,7 @@ class JaxBackend(Backend):
                loop.warmup_steps, loop.grad_clip, loop.lr_schedule, total_steps, task.cache_key())
         if key not in _STEPS:
             optimizer = make_optimizer(loop.lr, loop.weight_decay, loop.warmup_steps, clip_norm=loop.grad_clip,
-                                       lr_schedule=loop.lr_schedule, total_steps=max(total_steps, 1))
+                                       lr_schedule=loop.lr_schedule, total_steps=total_steps)
             step = (make_train_step(setup.gmn, optimizer, task.jax_loss) if self.family.shardable
                     else _mlp_step(optimizer, task.jax_loss))
             _STEPS[key] = (optimizer, step)
