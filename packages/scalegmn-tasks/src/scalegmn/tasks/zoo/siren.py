@@ -7,7 +7,7 @@ loss, and Adam (elementwise) makes exactly the update a separate fit would make.
 backward pass is written out by hand (no autograd graph), which is what makes a CPU fit
 cheap; `compile=True` additionally fuses it with `torch.compile` (the narrow first and last
 layers then become broadcast sums that fuse with the sines, and fewer networks per step keep
-the activations in the core's cache: `fit_batch_size`).
+the activations in the core's cache: `INRZooOptions.batch_size`).
 
 With `batch_size` below the number of networks, the stacked tensors are slots: a network
 that is done (it reached the PSNR threshold, or ran every step) leaves its slot to the next
