@@ -58,8 +58,9 @@ def run_demo(out: str | Path = "scalegmn-demo", quick: bool = False, workers: in
                       compile=not quick)
     t_zoo = time.perf_counter() - t0
     # Layer norm inside the MLPs keeps the symmetry and bounds the invariant factors, so the
-    # multiplicative blocks do not raise feature scales layer after layer.
-    gmn = ScaleGMNConfig(d_hidden=32, n_layers=2, d_out=10, layer_norm=True)
+    # multiplicative blocks do not raise feature scales layer after layer. Four narrow layers
+    # learn faster per epoch than two or three wider ones of about the same size (Results).
+    gmn = ScaleGMNConfig(d_hidden=24, n_layers=4, d_out=10, layer_norm=True)
     loop = {k: preset[k] for k in ("lr", "warmup_steps", "batch_size", "lr_schedule")}
     runs = {
         "ScaleGMN-B": RunConfig(zoo=str(zoo_dir), model="scalegmn",
