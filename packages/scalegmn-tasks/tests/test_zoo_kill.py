@@ -47,7 +47,10 @@ def test_killed_build_leaves_no_worker(tmp_path, sig):
     cmd = [sys.executable, "-m", "scalegmn.tasks.cli", "zoo", "build", "inr", str(tmp_path / "zoo"),
            "--source", "digits", "--count", "64", "--steps", "100000", "--workers", "2", "--shard-size", "4",
            "--batch-size", "4", "--no-compile", "--quiet"]
-    build = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    # Ctrl-C's default action for the build, as in a terminal: a test run started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and so would the build
+    build = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     helpers: list[int] = []
     try:
         deadline = time.monotonic() + 180  # the workers import torch first: slow on a loaded machine
