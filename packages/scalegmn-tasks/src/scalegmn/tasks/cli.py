@@ -24,11 +24,14 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the zoo, metrics, table and plot.")] = Path("scalegmn-demo"),
     quick: Annotated[bool, typer.Option(help="A small zoo and short training (under two minutes).")] = False,
     workers: Annotated[int, typer.Option(help="Processes for building the zoo.")] = 2,
+    jobs: Annotated[int, typer.Option(help="Training runs side by side: 2 (one thread each) or 1.")] = 2,
 ) -> None:
     """Build a small MNIST INR zoo, train ScaleGMN-B, the GMN and an MLP, compare them on test."""
     from .demo import run_demo
 
-    run_demo(out, quick=quick, workers=workers)
+    if jobs not in (1, 2):
+        raise _fail(ValueError(f"--jobs {jobs}: use 1 (one run after the other) or 2 (two side by side)"))
+    run_demo(out, quick=quick, workers=workers, jobs=jobs)
 
 
 _PRESET = "A preset (scalegmn presets lists them): the paper's settings for one experiment."
